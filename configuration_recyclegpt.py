@@ -1,0 +1,1 @@
+src/recycle_hf/configuration_recyclegpt.py

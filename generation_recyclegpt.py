@@ -1,0 +1,1 @@
+src/recycle_hf/generation_recyclegpt.py

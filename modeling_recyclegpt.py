@@ -1,0 +1,1 @@
+src/recycle_hf/modeling_recyclegpt.py

@@ -1,0 +1,1 @@
+"""Subcommands of the `recycle-hf` command line (see `recycle_hf.cli`)."""

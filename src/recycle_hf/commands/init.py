@@ -1,0 +1,29 @@
+"""`recycle-hf init`: write a randomly initialised checkpoint of a named preset."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..presets import PRESETS, init_preset
+
+
+HELP = "Write a randomly initialised RecycleGPT checkpoint of a preset shape (e.g. the paper's recyclegpt-1.3b)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", required=True, choices=sorted(PRESETS), help="model shape")
+    parser.add_argument("--output", required=True, help="checkpoint folder to write")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the preset's")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model = init_preset(args.preset, args.output, dtype=dtype, seed=args.seed)
+    base = sum(p.numel() for p in model.base_lm.parameters())
+    module = sum(p.numel() for p in model.recycle_module.parameters())
+    print(f"Wrote {args.preset} to {args.output}: base {base / 1e6:.1f}M parameters, "
+          f"recyclable module {module / 1e6:.1f}M (+{100 * module / base:.1f}%).")
+    return 0

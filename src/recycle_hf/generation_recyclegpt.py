@@ -1,0 +1,572 @@
+# Copyright 2026 The recycle-hf team. Licensed under the Apache License, Version 2.0.
+"""Recycle decoding inside `generate`: the paper's alternating mode and a lossless draft-and-verify mode.
+
+Both modes run one loop. Each step the recyclable module drafts `k` tokens from states the base already computed,
+then one base forward runs over the last committed token and the drafts:
+
+- `alternate` (the paper): k = 1 and the draft is always kept, so each base forward yields two tokens, one from the
+  module and one from the base. Lossy: the module's token is never checked.
+- `verify`: the base checks every draft (greedy: equal argmax; sampling: the speculative-sampling rule), keeps the
+  longest agreeing prefix plus its own next token, and both caches drop what was rejected. Lossless.
+
+Batches keep one key/value slot per (row, step) position. Rows that accept fewer drafts than their neighbours get
+masked holes in their slots instead of waiting: no row stalls and no row's tokens depend on another's. Logits
+processors and stopping criteria see, for every row, exactly the `input_ids` plain decoding would show them.
+
+This file is remote code: a checkpoint folder carries it, so it imports only torch and transformers.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, GenerationMixin
+from transformers.generation import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+RECYCLE_MODES = (None, "alternate", "verify")
+# Measured on SmolLM2-135M with its trained module (docs/BENCHMARKS.md): best tokens/s on CPU.
+DEFAULT_NUM_DRAFT_TOKENS = 3
+_UNSET = object()
+
+# Processors whose output does not depend on `input_ids`: they can run on a whole ragged batch at once.
+_CONTEXT_FREE_PROCESSORS = (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    MinPLogitsWarper,
+    TypicalLogitsWarper,
+)
+
+
+@dataclass
+class RecycleGenerateOutput(GenerateDecoderOnlyOutput):
+    """`GenerateDecoderOnlyOutput` plus `recycle_stats`: counts of forwards, drafts and tokens for this call."""
+
+    recycle_stats: dict[str, Any] | None = None
+
+
+@dataclass
+class RecycleStats:
+    batch_size: int
+    mode: str
+    num_draft_tokens: int
+    base_forwards: int = 0
+    recycle_forwards: int = 0
+    new_tokens: int = 0
+    drafted_tokens: int = 0
+    accepted_drafts: int = 0
+    tokens_per_row: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        stats = dict(self.__dict__)
+        stats["tokens_per_base_forward"] = self.new_tokens / max(1, self.base_forwards * self.batch_size)
+        stats["acceptance_rate"] = self.accepted_drafts / self.drafted_tokens if self.drafted_tokens else None
+        return stats
+
+
+def resolve_recycle_mode(mode: Any) -> str | None:
+    """Normalise a mode name; `None` and "none" mean plain decoding. Unknown names raise a `ValueError`."""
+    if mode is None or mode == "none":
+        return None
+    if mode not in RECYCLE_MODES:
+        raise ValueError(
+            f"Unknown recycle_mode {mode!r}. Valid modes: None (or 'none', plain decoding), 'alternate' (the paper's "
+            "lossy alternating schedule), 'verify' (lossless draft-and-verify)."
+        )
+    return mode
+
+
+class RecycleGenerationMixin:
+    """Adds `recycle_mode` and `num_draft_tokens` to `generate`; meant to be listed before `GenerationMixin`."""
+
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        recycle_mode: Any = _UNSET,
+        num_draft_tokens: int | None = None,
+        streamer: Any = None,
+        **kwargs: Any,
+    ) -> torch.LongTensor | RecycleGenerateOutput:
+        r"""
+        `GenerationMixin.generate` with two more arguments (both can also be set in the `GenerationConfig` or the
+        checkpoint's `generation_config.json`):
+
+            recycle_mode (`str` or `None`): `None`/"none" (plain decoding, exactly the base model's own `generate`),
+                "alternate" (the paper's schedule: module and base take turns) or "verify" (lossless: the module
+                drafts, the base checks).
+            num_draft_tokens (`int`): drafts per base forward in "verify" mode (default
+                `DEFAULT_NUM_DRAFT_TOKENS`).
+
+        With `return_dict_in_generate=True` in a recycle mode the output also carries `recycle_stats`.
+        """
+        base_generation_config = generation_config if generation_config is not None else self.generation_config
+        if recycle_mode is _UNSET:
+            recycle_mode = getattr(base_generation_config, "recycle_mode", None)
+        mode = resolve_recycle_mode(recycle_mode)
+        if num_draft_tokens is None:
+            num_draft_tokens = getattr(base_generation_config, "num_draft_tokens", None) or DEFAULT_NUM_DRAFT_TOKENS
+        if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
+            raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}.")
+
+        # Merge the call's generation arguments here, so that `generate` below sees one complete config.
+        generation_config = _without_recycle_settings(base_generation_config)
+        kwargs = generation_config.update(**kwargs)
+        if mode is None:
+            return self.base_lm.generate(inputs, generation_config=generation_config, streamer=streamer, **kwargs)
+
+        for unsupported in ("num_beams", "num_return_sequences", "assistant_model", "output_scores", "output_logits"):
+            value = kwargs.get(unsupported, getattr(generation_config, unsupported, None))
+            if value not in (None, False, 1):
+                raise ValueError(
+                    f"{unsupported}={value!r} is not supported with recycle_mode={mode!r}; use recycle_mode=None "
+                    "for beam search, several return sequences, assisted decoding or per-step scores."
+                )
+        decoding = functools.partial(
+            recycle_decoding,
+            recycle_mode=mode,
+            num_draft_tokens=1 if mode == "alternate" else num_draft_tokens,
+            recycle_streamer=streamer,
+        )
+        return GenerationMixin.generate(
+            self,
+            inputs,
+            generation_config=generation_config,
+            streamer=streamer,
+            custom_generate=decoding,
+            **kwargs,
+        )
+
+
+def _without_recycle_settings(generation_config: GenerationConfig) -> GenerationConfig:
+    generation_config = copy.deepcopy(generation_config)
+    for name in ("recycle_mode", "num_draft_tokens"):
+        if hasattr(generation_config, name):
+            delattr(generation_config, name)
+    return generation_config
+
+
+class RowContexts:
+    """Every row's `input_ids` as plain decoding would have them: the padded prompt plus the row's new tokens.
+
+    Rows advance at different rates in verify mode, so processors and stopping criteria run on groups of rows of
+    equal length; each row then sees exactly what plain `generate` shows it.
+    """
+
+    def __init__(self, prompt_ids: torch.Tensor, max_new_tokens: int, pad_token_id: int):
+        batch_size, self.prompt_length = prompt_ids.shape
+        self.sequences = prompt_ids.new_full((batch_size, self.prompt_length + max_new_tokens), pad_token_id)
+        self.sequences[:, : self.prompt_length] = prompt_ids
+        self.new_counts = [0] * batch_size
+
+    def groups(self, rows: list[int]) -> dict[int, list[int]]:
+        grouped: dict[int, list[int]] = {}
+        for row in rows:
+            grouped.setdefault(self.new_counts[row], []).append(row)
+        return grouped
+
+    def context(self, rows: list[int], new_count: int, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        context = self.sequences[rows, : self.prompt_length + new_count]
+        if extra_tokens is not None and extra_tokens.shape[1] > 0:
+            context = torch.cat([context, extra_tokens[rows]], dim=1)
+        return context
+
+    def process(
+        self,
+        logits_processor: LogitsProcessorList,
+        logits: torch.Tensor,
+        rows: list[int],
+        extra_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Apply the processors to logits [batch, vocab] of the active `rows` (others pass through unprocessed).
+
+        `extra_tokens` [batch, i] are drafts that follow each row's committed tokens.
+        """
+        scores = logits.float()
+        if len(logits_processor) == 0 or not rows:
+            return scores
+        groups = self.groups(rows)
+        if len(rows) == scores.shape[0] and (
+            len(groups) == 1 or all(isinstance(p, _CONTEXT_FREE_PROCESSORS) for p in logits_processor)
+        ):
+            return logits_processor(self.context(rows, min(groups), extra_tokens), scores)
+        processed = scores.clone()
+        for new_count, group in groups.items():
+            index = torch.tensor(group, device=scores.device)
+            processed[index] = logits_processor(self.context(group, new_count, extra_tokens), scores[index])
+        return processed
+
+    def append(self, rows: list[int], tokens: torch.Tensor) -> None:
+        """Append one token (from `tokens`, [batch]) to each of `rows`."""
+        row_index = torch.tensor(rows, device=tokens.device)
+        columns = torch.tensor([self.prompt_length + self.new_counts[row] for row in rows], device=tokens.device)
+        self.sequences[row_index, columns] = tokens[row_index]
+        for row in rows:
+            self.new_counts[row] += 1
+
+
+def _select_tokens(scores: torch.Tensor, do_sample: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if do_sample:
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs, num_samples=1).squeeze(1), probs
+    return torch.argmax(scores, dim=-1), None
+
+
+def speculative_acceptance(
+    drafts: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The speculative-sampling rule (Leviathan et al., Chen et al.), batched.
+
+    drafts [B, k], draft_probs q [B, k, V], target_probs p [B, k + 1, V]. A draft is kept with probability
+    min(1, p/q); at the first rejection the token is resampled from max(0, p - q) renormalised, and if every draft is
+    kept the bonus token is sampled from p at position k. Returns (accepted count [B], next token [B]).
+    """
+    batch_size, k = drafts.shape
+    p_of_draft = target_probs[:, :k].gather(-1, drafts.unsqueeze(-1)).squeeze(-1)
+    q_of_draft = draft_probs.gather(-1, drafts.unsqueeze(-1)).squeeze(-1)
+    uniform = torch.rand(batch_size, k, device=drafts.device)
+    kept = uniform * q_of_draft < p_of_draft  # u < p/q without dividing by a q that may underflow
+    num_accepted = kept.long().cumprod(dim=1).sum(dim=1)
+    rows = torch.arange(batch_size, device=drafts.device)
+    target_at_stop = target_probs[rows, num_accepted]
+    padded_draft_probs = torch.cat([draft_probs, torch.zeros_like(draft_probs[:, :1])], dim=1)
+    residual = (target_at_stop - padded_draft_probs[rows, num_accepted]).clamp(min=0)
+    residual_mass = residual.sum(dim=-1, keepdim=True)
+    # p == q leaves no residual; then p itself is the right distribution.
+    next_distribution = torch.where(residual_mass > 0, residual / residual_mass.clamp(min=1e-30), target_at_stop)
+    next_tokens = torch.multinomial(next_distribution, num_samples=1).squeeze(1)
+    return num_accepted, next_tokens
+
+
+def _forward_fill_states(states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """For each index, the state at the latest valid index at or before it (index 0 must be valid)."""
+    indices = torch.arange(states.shape[1], device=states.device).expand(states.shape[0], -1)
+    latest_valid = torch.where(valid.bool(), indices, torch.zeros_like(indices)).cummax(dim=1).values
+    return states.gather(1, latest_valid.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+
+
+class RecycleDecoder:
+    """State and steps of one recycle-decoding call (see the module docstring for the schedule).
+
+    Slot space: column s of both key/value caches. `slot_ids`, `slot_mask` and `slot_positions` describe every
+    column; a row's rejected drafts stay behind as masked holes. The base cache holds columns [0, base_length), the
+    module cache [0, module_length). `pending_states` are the base states of columns [module_length - 1,
+    base_length) that the module has not read yet (column -1 stands for the zero state before the prompt), and
+    `pending_valid` their mask. Column `base_length` holds each row's newest token, which no cache has seen yet.
+    """
+
+    def __init__(self, model: Any, prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None, settings: Any):
+        self.model = model
+        self.mode = settings.mode
+        self.k = settings.num_draft_tokens
+        self.do_sample = settings.do_sample
+        self.logits_processor = settings.logits_processor
+        self.stopping_criteria = settings.stopping_criteria
+        self.streamer = settings.streamer
+        self.pad_token_id = settings.pad_token_id
+        self.max_new_tokens = settings.max_new_tokens
+
+        batch_size, prompt_length = prompt_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(prompt_ids)
+        capacity = prompt_length + self.max_new_tokens * (self.k + 1) + 1
+        self.slot_ids = prompt_ids.new_full((batch_size, capacity), self.pad_token_id)
+        self.slot_mask = attention_mask.new_zeros((batch_size, capacity))
+        self.slot_positions = prompt_ids.new_zeros((batch_size, capacity))
+        self.slot_ids[:, :prompt_length] = prompt_ids
+        self.slot_mask[:, :prompt_length] = attention_mask
+        self.slot_positions[:, :prompt_length] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        self.next_positions = attention_mask.long().sum(-1)
+
+        self.rows = RowContexts(prompt_ids, self.max_new_tokens, self.pad_token_id)
+        self.unfinished = torch.ones(batch_size, dtype=torch.bool, device=prompt_ids.device)
+        self.unfinished_rows = list(range(batch_size))
+        cache = model.new_cache()
+        self.base_cache, self.module_cache = cache.base, cache.module
+        self.base_length = 0
+        self.module_length = 0
+        self.pending_states: torch.Tensor | None = None
+        self.pending_valid: torch.Tensor | None = None
+        self.stats = RecycleStats(batch_size=batch_size, mode=self.mode, num_draft_tokens=self.k)
+
+    def run(self) -> torch.Tensor:
+        if self.max_new_tokens > 0:
+            self.prefill()
+            while self.unfinished_rows:
+                self.step()
+        if self.streamer is not None:
+            self.streamer.end()
+        self.stats.tokens_per_row = list(self.rows.new_counts)
+        return self.rows.sequences[:, : self.rows.prompt_length + max(self.rows.new_counts)]
+
+    def step(self) -> None:
+        # The row with the most budget left decides how many drafts are worth making.
+        remaining = self.max_new_tokens - min(self.rows.new_counts[row] for row in self.unfinished_rows)
+        if self.mode == "alternate":
+            self.alternate_step(remaining)
+        else:
+            self.verify_step(min(self.k, remaining - 1))
+
+    # ------------------------------------------------------------------------------------------------ base forwards
+    def prefill(self) -> None:
+        prompt_length = self.rows.prompt_length
+        states = self.model.base_step(
+            self.slot_ids[:, :prompt_length],
+            self.slot_mask[:, :prompt_length],
+            self.slot_positions[:, :prompt_length],
+            self.base_cache,
+        )
+        self.stats.base_forwards += 1
+        scores = self._process(self.model.vocab_logits(states[:, -1]))
+        first_tokens, _ = _select_tokens(scores, self.do_sample)
+        self.base_length = prompt_length
+        self.pending_states = torch.cat([torch.zeros_like(states[:, :1]), states], dim=1)
+        self.pending_valid = torch.cat([torch.ones_like(self.slot_mask[:, :1]), self.slot_mask[:, :prompt_length]], 1)
+        self._commit(first_tokens.unsqueeze(1), [1] * len(first_tokens), scores.unsqueeze(1))
+        self._place_newest_tokens(first_tokens)
+
+    def verify_forward(self, drafts: torch.Tensor) -> torch.Tensor:
+        """One base forward over [newest token, drafts]; returns its final states [batch, 1 + drafts, dim]."""
+        start, num_drafts = self.base_length, drafts.shape[1]
+        end = start + num_drafts + 1
+        self.slot_ids[:, start + 1 : end] = drafts
+        self.slot_mask[:, start + 1 : end] = 1
+        offsets = torch.arange(1, num_drafts + 1, device=drafts.device)
+        self.slot_positions[:, start + 1 : end] = self.next_positions.unsqueeze(1) + offsets
+        states = self.model.base_step(
+            self.slot_ids[:, start:end], self.slot_mask[:, :end], self.slot_positions[:, start:end], self.base_cache
+        )
+        self.stats.base_forwards += 1
+        return states
+
+    # ---------------------------------------------------------------------------------------------- module forwards
+    def draft(self, num_drafts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Draft `num_drafts` tokens: (tokens [B, n], processed scores [B, n, V], probabilities or None).
+
+        The first call catches the module up on every column the base has finished, reading true base states, and
+        drafts from the newest token. Later drafts read the module's own output state in place of the base's.
+        """
+        start, end = self.module_length, self.base_length + 1
+        previous_states = _forward_fill_states(self.pending_states, self.pending_valid)
+        states = self.model.recycle_step(
+            self.slot_ids[:, start:end],
+            previous_states,
+            self.slot_mask[:, :end],
+            self.slot_positions[:, start:end],
+            self.module_cache,
+        )[:, -1:]
+        self.module_length = end
+        drafts: list[torch.Tensor] = []
+        scores_per_draft: list[torch.Tensor] = []
+        probs_per_draft: list[torch.Tensor | None] = []
+        for index in range(num_drafts):
+            if index > 0:
+                column = self.base_length + index
+                self.slot_ids[:, column] = drafts[-1]
+                self.slot_mask[:, column] = 1
+                self.slot_positions[:, column] = self.next_positions + index
+                states = self.model.recycle_step(
+                    drafts[-1].unsqueeze(1),
+                    states,
+                    self.slot_mask[:, : column + 1],
+                    self.slot_positions[:, column : column + 1],
+                    self.module_cache,
+                )
+                self.module_length += 1
+            self.stats.recycle_forwards += 1
+            earlier_drafts = torch.stack(drafts, dim=1) if drafts else None
+            scores = self._process(self.model.vocab_logits(states[:, -1]), earlier_drafts)
+            tokens, probs = _select_tokens(scores, self.do_sample)
+            drafts.append(tokens)
+            scores_per_draft.append(scores)
+            probs_per_draft.append(probs)
+        probs = torch.stack(probs_per_draft, dim=1) if self.do_sample else None
+        return torch.stack(drafts, dim=1), torch.stack(scores_per_draft, dim=1), probs
+
+    # ------------------------------------------------------------------------------------------------------- modes
+    def alternate_step(self, remaining: int) -> None:
+        """The paper's schedule: the module's token, then one base forward over it that yields the base's token."""
+        drafts, draft_scores, _ = self.draft(1)
+        num_rows = drafts.shape[0]
+        if remaining == 1:
+            # The module's token is the last one asked for: no base forward is needed.
+            self._commit(drafts, [1] * num_rows, draft_scores)
+            return
+        states = self.verify_forward(drafts)
+        base_scores = self._process(self.model.vocab_logits(states[:, -1]), drafts)
+        base_tokens, _ = _select_tokens(base_scores, self.do_sample)
+        self.stats.drafted_tokens += len(self.unfinished_rows)
+        self.stats.accepted_drafts += len(self.unfinished_rows)
+        tokens = torch.cat([drafts, base_tokens.unsqueeze(1)], dim=1)
+        scores = torch.cat([draft_scores, base_scores.unsqueeze(1)], dim=1)
+        self._commit(tokens, [2] * num_rows, scores)
+        self._advance(states, torch.ones_like(base_tokens), [1] * num_rows, base_tokens, num_drafts=1)
+
+    def verify_step(self, num_drafts: int) -> None:
+        """Draft, check all drafts with one base forward, keep the agreeing prefix plus the base's next token."""
+        if num_drafts > 0:
+            drafts, _, draft_probs = self.draft(num_drafts)
+        else:
+            # Only one token is left to produce: an ordinary decoding step, after which every row is done.
+            drafts = self.slot_ids.new_zeros((self.slot_ids.shape[0], 0))
+            draft_probs = None
+        states = self.verify_forward(drafts)
+        logits = self.model.vocab_logits(states)
+        target_scores = torch.stack(
+            [self._process(logits[:, i], drafts[:, :i]) for i in range(num_drafts + 1)], dim=1
+        )
+        if self.do_sample:
+            target_probs = torch.softmax(target_scores, dim=-1)
+            if num_drafts > 0:
+                accepted, next_tokens = speculative_acceptance(drafts, draft_probs, target_probs)
+            else:
+                accepted = drafts.new_zeros(drafts.shape[0])
+                next_tokens = torch.multinomial(target_probs[:, 0], num_samples=1).squeeze(1)
+        else:
+            targets = target_scores.argmax(dim=-1)
+            accepted = (drafts == targets[:, :num_drafts]).long().cumprod(dim=1).sum(dim=1)
+            next_tokens = targets.gather(1, accepted.unsqueeze(1)).squeeze(1)
+        # Finished rows must not widen the step for the others.
+        accepted = torch.where(self.unfinished, accepted, torch.zeros_like(accepted))
+        accepted_list = accepted.tolist()
+        tokens = torch.cat([drafts, next_tokens.unsqueeze(1)], dim=1)
+        tokens[torch.arange(tokens.shape[0], device=tokens.device), accepted] = next_tokens
+        self.stats.drafted_tokens += num_drafts * len(self.unfinished_rows)
+        self.stats.accepted_drafts += sum(accepted_list[row] for row in self.unfinished_rows)
+        self._commit(tokens, [count + 1 for count in accepted_list], target_scores)
+        self._advance(states, accepted, accepted_list, next_tokens, num_drafts)
+
+    # ------------------------------------------------------------------------------------------------- bookkeeping
+    def _process(self, logits: torch.Tensor, earlier_drafts: torch.Tensor | None = None) -> torch.Tensor:
+        return self.rows.process(self.logits_processor, logits, self.unfinished_rows, earlier_drafts)
+
+    def _place_newest_tokens(self, tokens: torch.Tensor) -> None:
+        column = self.base_length
+        self.slot_ids[:, column] = tokens
+        self.slot_mask[:, column] = 1
+        self.slot_positions[:, column] = self.next_positions
+
+    def _advance(
+        self,
+        states: torch.Tensor,
+        accepted: torch.Tensor,
+        accepted_list: list[int],
+        next_tokens: torch.Tensor,
+        num_drafts: int,
+    ) -> None:
+        """Roll both caches back past rejected drafts and make `next_tokens` each row's newest token."""
+        start = self.base_length
+        max_accepted = max(accepted_list)
+        if num_drafts > 0:
+            offsets = torch.arange(num_drafts, device=accepted.device)
+            kept = (offsets < accepted.unsqueeze(1)).to(self.slot_mask.dtype)
+            self.slot_mask[:, start + 1 : start + 1 + num_drafts] = kept
+        self.base_cache.crop(-(num_drafts - max_accepted))
+        # Module entries after column `start` were computed from the module's own states: redo them from true ones.
+        if self.module_length > start + 1:
+            self.module_cache.crop(-(self.module_length - start - 1))
+            self.module_length = start + 1
+        self.base_length = start + max_accepted + 1
+        self.pending_states = states[:, : max_accepted + 1]
+        self.pending_valid = self.slot_mask[:, start : self.base_length]
+        self.next_positions = self.next_positions + accepted + 1
+        self._place_newest_tokens(next_tokens)
+
+    def _commit(self, tokens: torch.Tensor, counts: list[int], scores: torch.Tensor) -> None:
+        """Emit, column by column, each row's first `counts[row]` tokens, stopping rows as plain decoding would."""
+        for column in range(tokens.shape[1]):
+            rows = [row for row in self.unfinished_rows if counts[row] > column]
+            if not rows:
+                break
+            column_tokens = tokens[:, column]
+            self.rows.append(rows, column_tokens)
+            if self.streamer is not None:
+                emitted = torch.full_like(column_tokens, self.pad_token_id)
+                emitted[rows] = column_tokens[rows]
+                self.streamer.put(emitted.cpu())
+            self.stats.new_tokens += len(rows)
+            self._apply_stopping_criteria(rows, scores[:, column])
+
+    def _apply_stopping_criteria(self, rows: list[int], scores: torch.Tensor) -> None:
+        stopped: set[int] = set()
+        for new_count, group in self.rows.groups(rows).items():
+            if new_count >= self.max_new_tokens:
+                stopped.update(group)
+                continue
+            index = torch.tensor(group, device=scores.device)
+            done = self.stopping_criteria(self.rows.context(group, new_count), scores[index])
+            stopped.update(row for row, is_done in zip(group, done.tolist()) if is_done)
+        if stopped:
+            self.unfinished[sorted(stopped)] = False
+            self.unfinished_rows = [row for row in self.unfinished_rows if row not in stopped]
+
+
+@dataclass
+class _DecodingSettings:
+    mode: str
+    num_draft_tokens: int
+    do_sample: bool
+    logits_processor: LogitsProcessorList
+    stopping_criteria: StoppingCriteriaList
+    streamer: Any
+    pad_token_id: int
+    max_new_tokens: int
+
+
+def recycle_decoding(
+    model: Any,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    recycle_mode: str = "alternate",
+    num_draft_tokens: int = 1,
+    recycle_streamer: Any = None,
+    **model_kwargs: Any,
+) -> torch.LongTensor | RecycleGenerateOutput:
+    """The decoding loop `generate` calls (as its `custom_generate`) after its usual preparation."""
+    pad_token_id = generation_config._pad_token_tensor
+    settings = _DecodingSettings(
+        mode=recycle_mode,
+        num_draft_tokens=num_draft_tokens,
+        do_sample=bool(generation_config.do_sample),
+        logits_processor=logits_processor,
+        stopping_criteria=stopping_criteria,
+        streamer=recycle_streamer,
+        pad_token_id=int(pad_token_id) if pad_token_id is not None else 0,
+        max_new_tokens=generation_config.max_length - input_ids.shape[1],
+    )
+    decoder = RecycleDecoder(model, input_ids, model_kwargs.get("attention_mask"), settings)
+    sequences = decoder.run()
+    if generation_config.return_dict_in_generate:
+        return RecycleGenerateOutput(sequences=sequences, recycle_stats=decoder.stats.as_dict())
+    return sequences
+
+
+__all__ = [
+    "DEFAULT_NUM_DRAFT_TOKENS",
+    "RECYCLE_MODES",
+    "RecycleDecoder",
+    "RecycleGenerateOutput",
+    "RecycleGenerationMixin",
+    "recycle_decoding",
+    "resolve_recycle_mode",
+    "speculative_acceptance",
+]

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny random bases of each tested family, and the real SmolLM2-135M loaded once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    OPTConfig,
+    PretrainedConfig,
+    Qwen2Config,
+)
+
+from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
+
+
+VOCAB_SIZE = 101
+PAD, EOS, BOS = 0, 1, 2
+
+
+def tiny_base_config(family: str, **overrides) -> PretrainedConfig:
+    """A 2-layer random base of `family`; EOS is a token the tests choose to make reachable or not."""
+    common = dict(vocab_size=VOCAB_SIZE, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
+    if family == "llama":
+        config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=512, **common)
+    elif family == "opt":
+        config = OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                           word_embed_proj_dim=32, max_position_embeddings=512, **common)
+    elif family == "opt-350m-style":
+        config = OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                           word_embed_proj_dim=16, do_layer_norm_before=False, max_position_embeddings=512, **common)
+    elif family == "qwen2":
+        config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=512, **common)
+    elif family == "gpt_neox":
+        config = GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               max_position_embeddings=512, **common)
+    elif family == "gpt2":
+        config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **common)
+    else:
+        raise ValueError(family)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
+
+
+def tiny_recycle_model(family: str, seed: int = 0, **recycle_settings) -> RecycleGPTForCausalLM:
+    torch.manual_seed(seed)
+    config = RecycleGPTConfig(base_config=tiny_base_config(family), **recycle_settings)
+    return RecycleGPTForCausalLM(config).eval()
+
+
+def tiny_base_model(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_base_config(family)).eval()
+
+
+def left_padded_batch(prompt_lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts (tokens 3.., never PAD/EOS/BOS) left-padded to the longest."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(prompt_lengths)
+    input_ids = torch.full((len(prompt_lengths), width), PAD, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, length in enumerate(prompt_lengths):
+        input_ids[row, width - length :] = torch.randint(3, VOCAB_SIZE, (length,), generator=generator)
+        attention_mask[row, width - length :] = 1
+    return input_ids, attention_mask
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the real SmolLM2-135M-Instruct checkpoint, fp32, loaded once per session."""
+    from recycle_hf.defaults import load_default_base
+
+    return load_default_base()
