@@ -9,43 +9,44 @@ import sys
 
 
 # Each command module defines HELP, add_arguments(parser) and run(args) -> int. A module that takes its arguments
-# unparsed (to hand them to another tool's command line) defines main(argv) -> int instead.
+# unparsed (to hand them to another tool's command line) defines main(argv) -> int instead. Modules are imported
+# only when their command runs, so that e.g. `generate` never imports lm-eval.
 COMMANDS = {
-    "init": "recycle_hf.commands.init",
-    "generate": "recycle_hf.commands.generate",
-    "distill": "recycle_hf.commands.distill",
-    "train": "recycle_hf.commands.train",
-    "eval": "recycle_hf.commands.eval",
-    "bench": "recycle_hf.commands.bench",
+    "init": ("recycle_hf.commands.init", "write a randomly initialised checkpoint of a preset shape"),
+    "generate": ("recycle_hf.commands.generate", "generate text with recycle decoding (default: SmolLM2 + module)"),
+    "distill": ("recycle_hf.commands.distill", "generate self-distillation training data with the base model"),
+    "train": ("recycle_hf.commands.train", "fine-tune a recyclable module on a frozen base, save an adapter"),
+    "eval": ("recycle_hf.commands.eval", "run lm-evaluation-harness with the recyclegpt model registered"),
+    "bench": ("recycle_hf.commands.bench", "measure decoding speed against plain transformers generate"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recycle-hf", description="RecycleGPT decoding for Hugging Face models.")
-    parser.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING).")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        subparser = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
-        if hasattr(module, "add_arguments"):
-            module.add_arguments(subparser)
-        else:
-            subparser.add_argument("args", nargs=argparse.REMAINDER, help="handed on unchanged")
-        subparser.set_defaults(command_module=module)
-    return parser
+def _top_level_help() -> str:
+    lines = ["usage: recycle-hf [--log-level LEVEL] COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "Run `recycle-hf COMMAND --help` for the options of one command."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Pass-through commands get every later argument untouched (their own --help included).
-    if argv and argv[0] in COMMANDS:
-        module = importlib.import_module(COMMANDS[argv[0]])
-        if hasattr(module, "main"):
-            logging.basicConfig(level=logging.WARNING)
-            return module.main(argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING))
-    return args.command_module.run(args)
+    log_level = "WARNING"
+    if len(argv) >= 2 and argv[0] == "--log-level":
+        log_level, argv = argv[1], argv[2:]
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING))
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_level_help())
+        return 0 if argv else 2
+    name, command_argv = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"recycle-hf: unknown command {name!r}.\n\n{_top_level_help()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    if hasattr(module, "main"):
+        return module.main(command_argv)
+    parser = argparse.ArgumentParser(prog=f"recycle-hf {name}", description=module.HELP)
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(command_argv))
 
 
 if __name__ == "__main__":

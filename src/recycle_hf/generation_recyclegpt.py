@@ -182,10 +182,15 @@ class RowContexts:
             grouped.setdefault(self.new_counts[row], []).append(row)
         return grouped
 
-    def context(self, rows: list[int], new_count: int, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        context = self.sequences[rows, : self.prompt_length + new_count]
+    def context(self, new_count: int, extra_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """All rows' tokens cut at `new_count` new tokens (plus drafts): exact `input_ids` for rows with that count.
+
+        Processors and criteria always get the whole batch (some keep per-row state sized to it); the caller keeps
+        the results of the rows whose count matches.
+        """
+        context = self.sequences[:, : self.prompt_length + new_count]
         if extra_tokens is not None and extra_tokens.shape[1] > 0:
-            context = torch.cat([context, extra_tokens[rows]], dim=1)
+            context = torch.cat([context, extra_tokens], dim=1)
         return context
 
     def process(
@@ -195,7 +200,7 @@ class RowContexts:
         rows: list[int],
         extra_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Apply the processors to logits [batch, vocab] of the active `rows` (others pass through unprocessed).
+        """Apply the processors to logits [batch, vocab] for the active `rows` (others pass through unprocessed).
 
         `extra_tokens` [batch, i] are drafts that follow each row's committed tokens.
         """
@@ -203,14 +208,12 @@ class RowContexts:
         if len(logits_processor) == 0 or not rows:
             return scores
         groups = self.groups(rows)
-        if len(rows) == scores.shape[0] and (
-            len(groups) == 1 or all(isinstance(p, _CONTEXT_FREE_PROCESSORS) for p in logits_processor)
-        ):
-            return logits_processor(self.context(rows, min(groups), extra_tokens), scores)
+        if len(groups) == 1 or all(isinstance(p, _CONTEXT_FREE_PROCESSORS) for p in logits_processor):
+            return logits_processor(self.context(min(groups), extra_tokens), scores)
         processed = scores.clone()
         for new_count, group in groups.items():
             index = torch.tensor(group, device=scores.device)
-            processed[index] = logits_processor(self.context(group, new_count, extra_tokens), scores[index])
+            processed[index] = logits_processor(self.context(new_count, extra_tokens), scores.clone())[index]
         return processed
 
     def append(self, rows: list[int], tokens: torch.Tensor) -> None:
@@ -510,9 +513,8 @@ class RecycleDecoder:
             if new_count >= self.max_new_tokens:
                 stopped.update(group)
                 continue
-            index = torch.tensor(group, device=scores.device)
-            done = self.stopping_criteria(self.rows.context(group, new_count), scores[index])
-            stopped.update(row for row, is_done in zip(group, done.tolist()) if is_done)
+            done = self.stopping_criteria(self.rows.context(new_count), scores).tolist()
+            stopped.update(row for row in group if done[row])
         if stopped:
             self.unfinished[sorted(stopped)] = False
             self.unfinished_rows = [row for row in self.unfinished_rows if row not in stopped]

@@ -217,6 +217,14 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
         # Pickled weights can execute code when loaded: only safetensors are read.
         if kwargs.setdefault("use_safetensors", True) is not True:
             raise ValueError("RecycleGPT checkpoints load from safetensors only; pass use_safetensors=True (default).")
+        # Without this check a folder whose save was interrupted would load the default (7B) config.
+        if os.path.isdir(pretrained_model_name_or_path) and kwargs.get("config") is None:
+            subfolder = kwargs.get("subfolder") or ""
+            if not os.path.isfile(os.path.join(pretrained_model_name_or_path, subfolder, "config.json")):
+                raise OSError(
+                    f"{pretrained_model_name_or_path} has no config.json: it is not a complete RecycleGPT checkpoint "
+                    "(an interrupted save leaves it so). Save the model again."
+                )
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:

