@@ -220,3 +220,53 @@ def test_sampled_verify_output_distribution_equals_plain_sampling(monkeypatch):
         wrong_distance = total_variation(recycle_mode="verify", num_draft_tokens=2)
         monkeypatch.undo()
         assert wrong_distance > bound, (wrong_rule.__name__, wrong_distance, bound)
+
+
+# ------------------------------------------------------------------------------------------- draft vocabulary
+def test_draft_vocabulary_restricts_drafts_and_keeps_output_identical(monkeypatch, tmp_path):
+    model = tiny_recycle_model("llama")
+    allowed = torch.tensor([5, 9, 17, 23, 40, 41, 77, 88, 90, 99])
+    model.set_draft_vocabulary(allowed)
+    seen = []
+    real_draft = RecycleDecoder.draft
+
+    def recording_draft(decoder, num_drafts):
+        tokens, scores, probs = real_draft(decoder, num_drafts)
+        seen.append(tokens)
+        return tokens, scores, probs
+
+    monkeypatch.setattr(RecycleDecoder, "draft", recording_draft)
+    input_ids, attention_mask = left_padded_batch([8, 3, 6], seed=12)
+    expected = plain_greedy(model, input_ids, attention_mask, 10)
+    ours = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=10, recycle_mode="verify",
+                          num_draft_tokens=3)
+    assert torch.equal(ours, expected)
+    assert torch.isin(torch.cat([t.flatten() for t in seen]), allowed).all()
+
+    model.save_pretrained(tmp_path)
+    reloaded = RecycleGPTForCausalLM.from_pretrained(tmp_path)
+    assert reloaded.config.recycle_draft_vocab_size == 10
+    assert torch.equal(reloaded.draft_token_ids, allowed)
+
+
+def test_draft_vocabulary_is_validated():
+    model = tiny_recycle_model("llama")
+    with pytest.raises(ValueError, match=r"ids in \[0, 101\)"):
+        model.set_draft_vocabulary(torch.tensor([3, 101]))
+    with pytest.raises(ValueError, match="must not repeat"):
+        model.set_draft_vocabulary(torch.tensor([3, 3]))
+    with pytest.raises(ValueError, match="recycle_draft_vocab_size"):
+        RecycleGPTConfig(base_config=tiny_base_config("llama"), recycle_draft_vocab_size=0)
+
+
+def test_sampled_verify_with_a_draft_vocabulary_keeps_the_distribution():
+    """q is zero outside the draft vocabulary; the residual max(0, p - q) must still restore p exactly."""
+    model = peaked_tiny_model(seed=2)
+    model.set_draft_vocabulary(torch.tensor([0, 2, 3, 6]))
+    prompt = torch.tensor([[4, 1, 6, 2]])
+    length, samples = 3, 30000
+    exact = exact_joint_distribution(model, prompt, length)
+    plain = 0.5 * (empirical_joint_distribution(model, prompt, length, samples) - exact).abs().sum()
+    verify = 0.5 * (empirical_joint_distribution(model, prompt, length, samples, recycle_mode="verify",
+                                                 num_draft_tokens=2) - exact).abs().sum()
+    assert verify < 1.5 * plain + 0.02, (verify, plain)

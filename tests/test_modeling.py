@@ -226,3 +226,14 @@ def test_interrupted_publish_never_loads_as_a_different_model(tmp_path, monkeypa
     assert not (checkpoint / "config.json").exists()
     with pytest.raises(OSError, match="no config.json"):
         RecycleGPTForCausalLM.from_pretrained(checkpoint)
+
+
+def test_wrapping_an_existing_base_keeps_its_attention_backend():
+    from conftest import tiny_base_model
+
+    base = tiny_base_model("llama")
+    base.set_attn_implementation("eager")
+    model = RecycleGPTForCausalLM(RecycleGPTConfig(base_config=base.config), base_lm=base)
+    assert model.base_lm is base
+    assert base.config._attn_implementation == "eager"
+    assert model.recycle_module.config._attn_implementation == "eager"

@@ -44,6 +44,10 @@ class RecycleGPTConfig(PretrainedConfig):
             MLP width of the module's blocks. Defaults to the base's.
         recycle_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the module's cross-entropy in `loss = lm_loss + recycle_loss_weight * recycle_loss`.
+        recycle_draft_vocab_size (`int`, *optional*):
+            When set, verify mode drafts only among this many token ids (the module's `draft_token_ids`, usually the
+            most frequent tokens of the training data), so each draft step reads a small slice of the LM head
+            instead of all of it. Verification always uses the full vocabulary, so output is unchanged.
     """
 
     model_type = "recyclegpt"
@@ -57,6 +61,7 @@ class RecycleGPTConfig(PretrainedConfig):
         recycle_num_key_value_heads: int | None = None,
         recycle_intermediate_size: int | None = None,
         recycle_loss_weight: float = 1.0,
+        recycle_draft_vocab_size: int | None = None,
         **kwargs: Any,
     ):
         self.base_config = _as_base_config(base_config)
@@ -65,10 +70,16 @@ class RecycleGPTConfig(PretrainedConfig):
         self.recycle_num_key_value_heads = recycle_num_key_value_heads
         self.recycle_intermediate_size = recycle_intermediate_size
         self.recycle_loss_weight = recycle_loss_weight
+        self.recycle_draft_vocab_size = recycle_draft_vocab_size
         kwargs.setdefault("tie_word_embeddings", getattr(self.base_config, "tie_word_embeddings", False))
         for token_name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             kwargs.setdefault(token_name, getattr(self.base_config, token_name, None))
+        base_attention = getattr(self.base_config, "_attn_implementation", None)
         super().__init__(**kwargs)
+        # PretrainedConfig.__init__ pushes its own (unset) attention backend into sub-configs; a base config passed
+        # in by a caller (grafting) keeps the backend its model was built with.
+        if base_attention is not None and kwargs.get("attn_implementation") is None:
+            self.base_config._attn_implementation = base_attention
         self.validate_recycle_settings()
 
     # The generation utilities read vocabulary size, caches and special tokens from the text config.
@@ -111,6 +122,11 @@ class RecycleGPTConfig(PretrainedConfig):
         ):
             raise ValueError(
                 f"recycle_intermediate_size must be a positive integer, got {self.recycle_intermediate_size!r}."
+            )
+        draft_size = self.recycle_draft_vocab_size
+        if draft_size is not None and (not isinstance(draft_size, int) or not 1 <= draft_size <= base.vocab_size):
+            raise ValueError(
+                f"recycle_draft_vocab_size must be None or an integer in [1, {base.vocab_size}], got {draft_size!r}."
             )
         if not isinstance(self.recycle_loss_weight, (int, float)) or self.recycle_loss_weight < 0:
             raise ValueError(f"recycle_loss_weight must be a number >= 0, got {self.recycle_loss_weight!r}.")

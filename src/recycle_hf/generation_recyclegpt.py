@@ -395,7 +395,7 @@ class RecycleDecoder:
                 self.module_length += 1
             self.stats.recycle_forwards += 1
             earlier_drafts = torch.stack(drafts, dim=1) if drafts else None
-            scores = self._process(self.model.vocab_logits(states[:, -1]), earlier_drafts)
+            scores = self._process(self._draft_vocab_logits(states[:, -1]), earlier_drafts)
             tokens, probs = _select_tokens(scores, self.do_sample)
             drafts.append(tokens)
             scores_per_draft.append(scores)
@@ -457,6 +457,18 @@ class RecycleDecoder:
         self._advance(states, accepted, accepted_list, next_tokens, num_drafts)
 
     # ------------------------------------------------------------------------------------------------- bookkeeping
+    def _draft_vocab_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits for a draft; tokens outside a draft vocabulary get -inf (verify mode only)."""
+        if self.mode != "verify":
+            return self.model.vocab_logits(states)
+        logits, token_ids = self.model.draft_logits(states)
+        if token_ids is None:
+            return logits
+        vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        full = logits.new_full((logits.shape[0], vocab_size), float("-inf"))
+        return full.index_copy_(1, token_ids, logits)
+
+
     def _process(self, logits: torch.Tensor, earlier_drafts: torch.Tensor | None = None) -> torch.Tensor:
         return self.rows.process(self.logits_processor, logits, self.unfinished_rows, earlier_drafts)
 

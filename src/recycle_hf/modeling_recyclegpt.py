@@ -119,7 +119,13 @@ class RecycleModule(nn.Module):
     `mtp_block.<name>` is our `mtp_block.0.<name>`.
     """
 
-    def __init__(self, module_config: Any, block_class: type[nn.Module], norm_class: type[nn.Module]):
+    def __init__(
+        self,
+        module_config: Any,
+        block_class: type[nn.Module],
+        norm_class: type[nn.Module],
+        draft_vocab_size: int | None = None,
+    ):
         super().__init__()
         hidden_size = module_config.hidden_size
         eps = _norm_epsilon(module_config)
@@ -131,6 +137,9 @@ class RecycleModule(nn.Module):
             [block_class(module_config, layer_idx) for layer_idx in range(module_config.num_hidden_layers)]
         )
         self.post_norm = norm_class(hidden_size, eps=eps)
+        if draft_vocab_size is not None:
+            # Token ids verify mode may draft; set from training-data frequencies (`set_draft_vocabulary`).
+            self.register_buffer("draft_token_ids", torch.arange(draft_vocab_size, dtype=torch.long))
         block_parameters = inspect.signature(self.mtp_block[0].forward).parameters
         self._cache_argument = _cache_argument_name(self.mtp_block[0])
         self._takes_position_embeddings = "position_embeddings" in block_parameters
@@ -201,15 +210,22 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
     """
 
     def __init__(self, config: RecycleGPTConfig, base_lm: PreTrainedModel | None = None):
-        super().__init__(config)
-        # Grafting passes an existing model: its tensors are used as they are, never copied.
-        self.base_lm = base_lm if base_lm is not None else AutoModelForCausalLM.from_config(config.base_config)
         if base_lm is not None:
+            # Grafting passes an existing model: its tensors and config are used as they are, never copied.
             config.base_config = base_lm.config
+            base_attention = base_lm.config._attn_implementation
+        super().__init__(config)
+        if base_lm is not None:
+            # PreTrainedModel.__init__ resets the attention backend of sub-configs; the base keeps its own.
+            base_lm.config._attn_implementation = base_attention
+        self.base_lm = base_lm if base_lm is not None else AutoModelForCausalLM.from_config(config.base_config)
         blocks = find_decoder_blocks(self.base_backbone, config.base_config.num_hidden_layers)
         module_config = config.get_recycle_module_config()
         module_config._attn_implementation = self.base_lm.config._attn_implementation
-        self.recycle_module = RecycleModule(module_config, type(blocks[-1]), _norm_class_of(blocks[-1]))
+        self.recycle_module = RecycleModule(
+            module_config, type(blocks[-1]), _norm_class_of(blocks[-1]), config.recycle_draft_vocab_size
+        )
+        self._draft_head: tuple[tuple, torch.Tensor] | None = None
         self.post_init()
 
     @classmethod
@@ -347,6 +363,37 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
     def vocab_logits(self, states: torch.Tensor) -> torch.Tensor:
         """The shared LM head applied to states in its input space (base states or module states)."""
         return self.get_output_embeddings()(states)
+
+    @property
+    def draft_token_ids(self) -> torch.Tensor | None:
+        return getattr(self.recycle_module, "draft_token_ids", None)
+
+    def set_draft_vocabulary(self, token_ids: torch.Tensor) -> None:
+        """Restrict verify-mode drafting to `token_ids` (e.g. the most frequent tokens of the training data)."""
+        token_ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+        vocab_size = self.get_output_embeddings().weight.shape[0]
+        if token_ids.numel() == 0 or token_ids.min() < 0 or token_ids.max() >= vocab_size:
+            raise ValueError(f"Draft token ids must be a non-empty set of ids in [0, {vocab_size}).")
+        if len(set(token_ids.tolist())) != token_ids.numel():
+            raise ValueError("Draft token ids must not repeat.")
+        self.config.recycle_draft_vocab_size = token_ids.numel()
+        device = self.get_output_embeddings().weight.device
+        if "draft_token_ids" in self.recycle_module._buffers:
+            del self.recycle_module._buffers["draft_token_ids"]
+        self.recycle_module.register_buffer("draft_token_ids", token_ids.to(device))
+
+    def draft_logits(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Module logits for drafting: over the draft vocabulary when one is set (then also returns its ids)."""
+        token_ids = self.draft_token_ids
+        if token_ids is None:
+            return self.vocab_logits(states), None
+        head = self.get_output_embeddings()
+        key = (head.weight.data_ptr(), head.weight._version, token_ids.data_ptr(), token_ids._version)
+        if self._draft_head is None or self._draft_head[0] != key:
+            # A row slice of the shared head, rebuilt only when the head or the ids change.
+            self._draft_head = (key, head.weight.detach().index_select(0, token_ids))
+        bias = head.bias.detach().index_select(0, token_ids) if getattr(head, "bias", None) is not None else None
+        return F.linear(states, self._draft_head[1], bias), token_ids
 
     @staticmethod
     def shift_states(
