@@ -1,0 +1,17 @@
+"""Speed benchmark: every decoding mode against transformers' own `generate`; same code as `recycle-hf bench speed`.
+
+python benchmarks/speed.py --base default --batch-sizes 1 --max-new-tokens 32 --output-dir benchmarks/results/cpu
+python benchmarks/speed.py --help
+"""
+
+import sys
+
+from common import run_benchmark_script
+
+from recycle_hf.bench import add_speed_arguments, run_speed_command
+
+
+if __name__ == "__main__":
+    sys.exit(
+        run_benchmark_script("benchmarks/speed.py", __doc__.splitlines()[0], add_speed_arguments, run_speed_command)
+    )
