@@ -30,4 +30,6 @@ __all__ = [
     "RecycleGPTOutput",
     "RecycleGenerateOutput",
     "__version__",
+    "graft_recycle_module",
+    "load_recycle_adapter",
 ]

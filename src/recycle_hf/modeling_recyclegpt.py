@@ -252,6 +252,11 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
         """
         if kwargs.get("safe_serialization") is False:
             raise ValueError("RecycleGPT saves safetensors only; drop safe_serialization=False.")
+        if any("lora_" in name for name, _ in self.base_lm.named_parameters()):
+            raise ValueError(
+                "The base carries unmerged LoRA layers: merge them first (recycle_hf.adapter.merge_base_lora(model)) "
+                "or save the small adapter with save_adapter()."
+            )
         save_directory = Path(save_directory)
         if save_directory.is_file():
             raise ValueError(f"save_directory {save_directory} is a file; give a folder path.")

@@ -1,0 +1,133 @@
+"""`recycle-hf train`: fine-tune a recyclable module on a frozen base (optionally with LoRA) and save an adapter."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..adapter import add_base_lora, base_lora_config, load_recycle_adapter
+from ..data import load_token_blocks
+from ..defaults import DEFAULT_BASE_NAME
+from ..draft_vocabulary import frequent_token_ids
+from ..graft import DEFAULT_GRAFT_INIT, GRAFT_INITS, graft_recycle_module
+from ..loading import DEFAULT_BASE, add_base_arguments, load_base_from_args
+from ..training import RecycleTrainer, RecycleTrainingArguments
+
+
+HELP = (
+    "Fine-tune a recyclable module on a frozen base model (head-only, or jointly with LoRA on the base) and save it "
+    "as a small adapter."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_base_arguments(parser)
+    parser.add_argument("--data", nargs="+", required=True, help=".jsonl ('text' field) or .txt files, or globs")
+    parser.add_argument("--output", required=True, help="folder for the adapter (checkpoints go in checkpoint-*)")
+    parser.add_argument("--block-size", type=int, default=256, help="tokens per training sequence (default 256)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="read at most this many tokens of --data")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per device per step (default 8)")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default 1)")
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    parser.add_argument("--warmup-steps", type=float, default=0.05, help="warmup steps, or a fraction if < 1")
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--num-layers", type=int, default=1, help="decoder blocks in the module (default 1)")
+    parser.add_argument("--init", choices=GRAFT_INITS, default=DEFAULT_GRAFT_INIT, help="how the fresh module starts")
+    parser.add_argument("--adapter", default=None, help="continue training this adapter instead of a fresh module")
+    parser.add_argument(
+        "--draft-vocab-size",
+        type=int,
+        default=None,
+        help="let verify mode draft only among the N most frequent tokens of --data (saved with the adapter)",
+    )
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.0,
+        help="0..1: weight of the KL loss to the base's own next-token distribution (rest: cross-entropy on --data)",
+    )
+    parser.add_argument("--distill-temperature", type=float, default=1.0)
+    parser.add_argument("--lora", action="store_true", help="also train LoRA layers on the base (joint fine-tuning)")
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument(
+        "--lora-target-modules", default=None, help="comma-separated module names (default: peft's for the base)"
+    )
+    parser.add_argument("--lm-loss-weight", type=float, default=1.0, help="with --lora: weight of the base's LM loss")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        help="resume from the last checkpoint in --output, or from the given checkpoint folder",
+    )
+    parser.add_argument("--logging-steps", type=int, default=10)
+    parser.add_argument("--save-steps", type=int, default=200, help="checkpoint every N steps (default 200)")
+    parser.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _lora_config(args: argparse.Namespace):
+    from peft import LoraConfig
+
+    target_modules = args.lora_target_modules.split(",") if args.lora_target_modules else None
+    return LoraConfig(
+        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=target_modules
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    base_model, tokenizer = load_base_from_args(args)
+    train_dataset = load_token_blocks(args.data, tokenizer, block_size=args.block_size, max_tokens=args.max_tokens)
+    if args.adapter:
+        model = load_recycle_adapter(base_model, args.adapter, is_trainable=True)
+    else:
+        model = graft_recycle_module(base_model, num_layers=args.num_layers, init=args.init)
+    if args.lora and base_lora_config(model) is None:
+        add_base_lora(model, _lora_config(args))
+    if args.draft_vocab_size:
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        draft_ids = frequent_token_ids([train_dataset.token_ids().tolist()], args.draft_vocab_size, vocab_size)
+        model.set_draft_vocabulary(draft_ids)
+    training_args = RecycleTrainingArguments(
+        output_dir=args.output,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=args.logging_steps,
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        seed=args.seed,
+        use_cpu=args.device == "cpu",
+        report_to="none",
+        distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
+        lm_loss_weight=args.lm_loss_weight,
+    )
+    base_name = DEFAULT_BASE_NAME if args.base == DEFAULT_BASE else args.base
+    trainer = RecycleTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, base_model_name_or_path=base_name
+    )
+    result = trainer.train(resume_from_checkpoint=args.resume)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        # Blocks are full except possibly the last one, so samples/s times the block size is the token rate.
+        tokens_per_second = result.metrics["train_samples_per_second"] * args.block_size
+        last_log = next((log for log in reversed(trainer.state.log_history) if "recycle_loss" in log), {})
+        print(
+            f"Trained to step {result.global_step} in {result.metrics['train_runtime']:.0f} s "
+            f"({tokens_per_second:.0f} tokens/s); last recycle_loss {last_log.get('recycle_loss', float('nan')):.3f}, "
+            f"top-1 accuracy {last_log.get('recycle_accuracy', float('nan')):.3f}."
+        )
+        print(
+            f"Adapter saved to {args.output}; load it with "
+            f"recycle_hf.load_recycle_adapter(base_model, '{args.output}')."
+        )
+    return 0

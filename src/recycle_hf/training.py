@@ -1,0 +1,306 @@
+# Copyright 2026 The recycle-hf team. Licensed under the Apache License, Version 2.0.
+"""Fine-tuning the recyclable module with transformers' `Trainer`.
+
+The `Trainer` sees a small wrapper, [`RecycleTrainingModel`], whose `forward` computes the training loss, so data
+parallelism (`torchrun`, `accelerate launch`) wraps and synchronises it like any model. With a frozen base (the
+default, head-only training) the base runs once per batch under `torch.no_grad()`: no graph is kept through its
+layers, and its final states feed the module directly. The same base forward gives the base's own next-token
+distribution, the soft targets of the optional distillation loss.
+
+Checkpoints and the final output are recycle adapters (see `recycle_hf.adapter`); `Trainer` adds its optimizer,
+scheduler and RNG states to checkpoints so that training resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import ModelOutput
+
+from .adapter import load_adapter_weights, save_recycle_adapter
+from .modeling_recyclegpt import RecycleGPTForCausalLM, positions_from_attention_mask
+
+
+logger = logging.getLogger(__name__)
+
+# Per-batch statistics the wrapper returns and `RecycleTrainer` logs (averaged over the logging interval).
+TRAINING_METRICS = ("recycle_loss", "recycle_accuracy", "distill_loss", "base_agreement", "lm_loss")
+
+
+@dataclass
+class RecycleTrainingArguments(TrainingArguments):
+    r"""
+    `TrainingArguments` plus the module's loss settings.
+
+    Args:
+        distill_weight (`float`, defaults to 0.0):
+            Mix of the module's two losses: `(1 - distill_weight) * cross_entropy(labels) + distill_weight *
+            KL(base || module)`, where the KL divergence is to the base model's own next-token distribution at the
+            same position (soft targets; what verify-mode acceptance depends on). 0 trains on the labels only.
+        distill_temperature (`float`, defaults to 1.0):
+            Temperature applied to both distributions in the KL term.
+        lm_loss_weight (`float`, defaults to 1.0):
+            With LoRA on the base, weight of the base's own cross-entropy added to the loss (keeps the base a good
+            language model while it adapts to the module). Unused when the base is frozen.
+    """
+
+    distill_weight: float = field(default=0.0, metadata={"help": "Weight of the KL loss to the base's distribution."})
+    distill_temperature: float = field(default=1.0, metadata={"help": "Temperature of the distillation loss."})
+    lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the base's LM loss when LoRA trains."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be between 0 and 1, got {self.distill_weight}.")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}.")
+        if self.lm_loss_weight < 0:
+            raise ValueError(f"lm_loss_weight must be >= 0, got {self.lm_loss_weight}.")
+
+
+@dataclass
+class RecycleTrainingOutput(ModelOutput):
+    """The loss `Trainer` minimises and detached per-batch statistics (see `TRAINING_METRICS`)."""
+
+    loss: torch.Tensor | None = None
+    recycle_loss: torch.Tensor | None = None
+    recycle_accuracy: torch.Tensor | None = None
+    distill_loss: torch.Tensor | None = None
+    base_agreement: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+
+
+class RecycleTrainingModel(nn.Module):
+    """What `Trainer` trains: a [`RecycleGPTForCausalLM`] whose `forward` returns the recyclable module's loss.
+
+    A frozen base runs in eval mode (no dropout: the module learns the states it will see when decoding) and
+    without autograd. With LoRA layers on the base (trainable base parameters) the base runs with autograd and its
+    own cross-entropy joins the loss, weighted by `lm_loss_weight`.
+    """
+
+    # The loss is a per-batch mean: Trainer scales it for gradient accumulation itself.
+    accepts_loss_kwargs = False
+
+    def __init__(
+        self,
+        model: RecycleGPTForCausalLM,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 1.0,
+        lm_loss_weight: float = 1.0,
+    ):
+        super().__init__()
+        self.model = model
+        self.distill_weight = distill_weight
+        self.distill_temperature = distill_temperature
+        self.lm_loss_weight = lm_loss_weight
+
+    @property
+    def base_is_trainable(self) -> bool:
+        return any(parameter.requires_grad for parameter in self.model.base_lm.parameters())
+
+    def train(self, mode: bool = True) -> RecycleTrainingModel:
+        super().train(mode)
+        if not self.base_is_trainable:
+            self.model.base_lm.eval()
+        return self
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+    ) -> RecycleTrainingOutput:
+        model = self.model
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if labels is None:
+            labels = input_ids.masked_fill(attention_mask == 0, -100)
+        position_ids = positions_from_attention_mask(attention_mask, input_ids.shape[1])
+        base_trainable = self.base_is_trainable
+        need_base_logits = base_trainable or self.distill_weight > 0
+
+        with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
+            base_states = model.base_step(input_ids, attention_mask, position_ids, None)
+        previous_states = model.shift_states(base_states, attention_mask, None)
+        module_states = model.recycle_step(input_ids, previous_states, attention_mask, position_ids, None)
+
+        # Both outputs at position j predict token j+1; only positions with a target enter the losses.
+        targets = labels[:, 1:]
+        has_target = targets != -100
+        target_ids = targets[has_target]
+        recycle_logits = model.vocab_logits(module_states[:, :-1][has_target]).float()
+        recycle_loss = F.cross_entropy(recycle_logits, target_ids)
+        statistics = {
+            "recycle_loss": recycle_loss.detach(),
+            "recycle_accuracy": (recycle_logits.argmax(-1) == target_ids).float().mean().detach(),
+        }
+        loss = recycle_loss
+        if need_base_logits:
+            with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
+                base_logits = model.vocab_logits(base_states[:, :-1][has_target]).float()
+            statistics["base_agreement"] = (recycle_logits.argmax(-1) == base_logits.argmax(-1)).float().mean().detach()
+            if self.distill_weight > 0:
+                distill_loss = soft_target_kl(recycle_logits, base_logits.detach(), self.distill_temperature)
+                loss = (1 - self.distill_weight) * recycle_loss + self.distill_weight * distill_loss
+                statistics["distill_loss"] = distill_loss.detach()
+            if base_trainable:
+                lm_loss = F.cross_entropy(base_logits, target_ids)
+                loss = loss + self.lm_loss_weight * lm_loss
+                statistics["lm_loss"] = lm_loss.detach()
+        # Built in one go: a ModelOutput only lists (and DDP only sees) the fields given to its constructor.
+        return RecycleTrainingOutput(loss=loss, **statistics)
+
+
+def soft_target_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Mean KL(teacher || student) over rows of [tokens, vocab] logits, scaled by temperature² (Hinton et al.)."""
+    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
+    kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+class RecycleTrainer(Trainer):
+    """`Trainer` for the recyclable module: give it the [`RecycleGPTForCausalLM`] itself.
+
+    It trains through a [`RecycleTrainingModel`] wrapper, logs the module's loss and top-1 accuracy (and, with
+    distillation, the KL term and top-1 agreement with the base; with LoRA, the base's loss), writes checkpoints as
+    recycle adapters and resumes from them. `base_model_name_or_path` is recorded in the adapters (default: the
+    base's `name_or_path`).
+    """
+
+    def __init__(
+        self,
+        model: RecycleGPTForCausalLM,
+        args: RecycleTrainingArguments,
+        base_model_name_or_path: str | None = None,
+        **kwargs: Any,
+    ):
+        if not isinstance(model, RecycleGPTForCausalLM):
+            raise ValueError(
+                f"RecycleTrainer trains a RecycleGPTForCausalLM (see recycle_hf.graft_recycle_module), got "
+                f"{type(model).__name__}."
+            )
+        if not isinstance(args, RecycleTrainingArguments):
+            raise ValueError(
+                "RecycleTrainer needs RecycleTrainingArguments (TrainingArguments plus the loss settings)."
+            )
+        if not any(parameter.requires_grad for parameter in model.parameters()):
+            raise ValueError(
+                "Nothing in the model is trainable; graft a fresh module or load the adapter with is_trainable=True."
+            )
+        self.recycle_model = model
+        self.base_model_name_or_path = base_model_name_or_path
+        wrapper = RecycleTrainingModel(model, args.distill_weight, args.distill_temperature, args.lm_loss_weight)
+        super().__init__(model=wrapper, args=args, **kwargs)
+        self._metric_sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
+        self._metric_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        outputs = model(**inputs)
+        split = "train" if model.training else "eval"
+        for name in TRAINING_METRICS:
+            value = getattr(outputs, name)
+            if value is not None:
+                self._metric_sums[split][name] = self._metric_sums[split].get(name, 0.0) + float(value)
+                self._metric_counts[split][name] = self._metric_counts[split].get(name, 0) + 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        # Evaluation reports losses and the logged statistics; the wrapper returns no logits to gather.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self._pop_metrics("train", prefix=""))
+        if "eval_loss" in logs:
+            logs.update(self._pop_metrics("eval", prefix="eval_"))
+        super().log(logs, start_time)
+
+    def _pop_metrics(self, split: str, prefix: str) -> dict[str, float]:
+        names = [name for name in TRAINING_METRICS if name in self._metric_counts[split]]
+        if not names:
+            return {}
+        as_tensor = functools.partial(torch.tensor, dtype=torch.float64, device=self.args.device)
+        sums = as_tensor([self._metric_sums[split][name] for name in names])
+        counts = as_tensor([self._metric_counts[split][name] for name in names])
+        # Every rank logs at the same steps, so the statistics can be summed over ranks here.
+        if self.args.world_size > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        self._metric_sums[split], self._metric_counts[split] = {}, {}
+        return {f"{prefix}{name}": round(float(s / c), 4) for name, s, c in zip(names, sums, counts)}
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Checkpoints and the final model are adapters: the module (and LoRA) only, never the base.
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if state_dict is not None:
+            # A gathered state dict of the training wrapper: its keys start with the wrapper's "model." prefix.
+            state_dict = {name.removeprefix("model."): tensor for name, tensor in state_dict.items()}
+        if self.args.should_save:
+            save_recycle_adapter(self.recycle_model, output_dir, self.base_model_name_or_path, state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        logger.info("Loading the module's weights from %s", resume_from_checkpoint)
+        load_adapter_weights(self.recycle_model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        logger.info("Loading the best module (%s)", self.state.best_model_checkpoint)
+        load_adapter_weights(self.recycle_model, self.state.best_model_checkpoint)
+
+
+def train_recycle_module(
+    model: RecycleGPTForCausalLM,
+    train_dataset: Dataset,
+    args: RecycleTrainingArguments,
+    eval_dataset: Dataset | None = None,
+    resume_from_checkpoint: str | bool | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> RecycleTrainer:
+    """Train `model`'s module (and LoRA layers, if added) on `train_dataset`, then save the adapter to
+    `args.output_dir`. `resume_from_checkpoint=True` continues from the last checkpoint in `args.output_dir`.
+
+    Items of the datasets are dicts with `input_ids`, `attention_mask` and `labels` (-100 = no target), e.g. a
+    `recycle_hf.data.TokenBlockDataset`. Returns the trainer: `trainer.state.log_history` holds the logged losses and
+    accuracies.
+    """
+    trainer = RecycleTrainer(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks
+    )
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.save_model()
+    return trainer
+
+
+__all__ = [
+    "RecycleTrainer",
+    "RecycleTrainingArguments",
+    "RecycleTrainingModel",
+    "RecycleTrainingOutput",
+    "soft_target_kl",
+    "train_recycle_module",
+]

@@ -1,0 +1,355 @@
+"""Fine-tuning the recyclable module: data files, the training loss, Trainer runs (single, resumed, LoRA, two
+processes) and the `recycle-hf train` command."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import EOS, PAD, left_padded_batch, tiny_base_config, tiny_base_model
+from ddp_train_worker import permutation_chain_blocks, tiny_training_arguments
+from peft import LoraConfig
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from recycle_hf import graft_recycle_module, load_recycle_adapter
+from recycle_hf.adapter import add_base_lora
+from recycle_hf.cli import main as cli_main
+from recycle_hf.data import TokenBlockDataset, load_token_blocks, read_documents, resolve_data_files, tokenize_documents
+from recycle_hf.draft_vocabulary import frequent_token_ids
+from recycle_hf.training import (
+    RecycleTrainer,
+    RecycleTrainingModel,
+    soft_target_kl,
+    train_recycle_module,
+)
+
+
+TESTS_DIR = Path(__file__).parent
+
+
+def _module_state(model) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.recycle_module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data files
+
+
+class _WordTokenizer:
+    """Stand-in for a tokenizer: one id per whitespace-separated word `t<id>`."""
+
+    eos_token_id = EOS
+    pad_token_id = PAD
+
+    def __call__(self, texts, add_special_tokens=True):
+        assert add_special_tokens is False
+        return {"input_ids": [[int(word[1:]) for word in text.split()] for text in texts]}
+
+
+def test_documents_become_one_eos_separated_stream_cut_into_blocks(tmp_path):
+    (tmp_path / "a.jsonl").write_text(
+        json.dumps({"prompt": "p", "completion": "c", "text": "t5 t6 t7"})
+        + "\n\n"
+        + json.dumps({"text": f"t8 t{EOS}"})  # already closed by EOS: not closed twice
+        + "\n"
+    )
+    (tmp_path / "b.txt").write_text("t9 t10\nt11")
+    files = resolve_data_files([str(tmp_path / "*.jsonl"), str(tmp_path / "b.txt")])
+    assert [path.name for path in files] == ["a.jsonl", "b.txt"]
+    assert list(read_documents(files)) == ["t5 t6 t7", f"t8 t{EOS}", "t9 t10\nt11"]
+
+    stream = tokenize_documents(read_documents(files), _WordTokenizer())
+    assert stream == [5, 6, 7, EOS, 8, EOS, 9, 10, 11, EOS]
+
+    dataset = load_token_blocks([str(tmp_path / "*")], _WordTokenizer(), block_size=4)
+    assert len(dataset) == 3
+    assert dataset[0]["input_ids"].tolist() == [5, 6, 7, EOS]
+    assert dataset[2]["input_ids"].tolist() == [11, EOS, PAD, PAD]
+    assert dataset[2]["attention_mask"].tolist() == [1, 1, 0, 0]
+    assert dataset[2]["labels"].tolist() == [11, EOS, -100, -100]
+    assert dataset.num_tokens == 10
+    assert dataset.token_ids().tolist() == stream
+    assert load_token_blocks([str(tmp_path / "*")], _WordTokenizer(), block_size=4, max_tokens=6).num_tokens == 6
+
+
+def test_a_last_block_too_short_to_teach_is_dropped():
+    dataset = TokenBlockDataset(list(range(3, 12)), block_size=4, pad_token_id=PAD)
+    assert len(dataset) == 2  # 9 tokens: two full blocks, a last block of one token has no target
+
+
+def test_bad_data_files_get_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="No training file matches"):
+        resolve_data_files([str(tmp_path / "missing*.jsonl")])
+    (tmp_path / "data.csv").write_text("a,b")
+    with pytest.raises(ValueError, match="unsupported training file type '.csv'"):
+        resolve_data_files([str(tmp_path / "data.csv")])
+    with pytest.raises(ValueError, match="is a folder"):
+        resolve_data_files([str(tmp_path)])
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "t5"}) + "\n" + json.dumps({"prompt": "p"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: .*'text' field"):
+        list(read_documents([tmp_path / "bad.jsonl"]))
+    with pytest.raises(ValueError, match="too few for one block"):
+        TokenBlockDataset([5], block_size=4, pad_token_id=PAD)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The training loss
+
+
+def _right_padded_batch() -> dict[str, torch.Tensor]:
+    input_ids, _ = left_padded_batch([9, 9, 9], seed=4)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    input_ids = input_ids.masked_fill(attention_mask == 0, PAD)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@pytest.mark.parametrize("family", ["llama", "opt-350m-style"])
+def test_training_loss_is_the_models_recycle_loss(family):
+    model = graft_recycle_module(tiny_base_model(family), init="identity")
+    batch = _right_padded_batch()
+    training_outputs = RecycleTrainingModel(model).eval()(**batch)
+    with torch.no_grad():
+        reference = model.eval()(**batch)
+    torch.testing.assert_close(training_outputs.recycle_loss, reference.recycle_loss)
+    torch.testing.assert_close(training_outputs.loss, reference.recycle_loss)
+
+    targets = batch["labels"][:, 1:]
+    predictions = reference.recycle_logits[:, :-1].argmax(-1)
+    expected_accuracy = (predictions == targets)[targets != -100].float().mean()
+    torch.testing.assert_close(training_outputs.recycle_accuracy, expected_accuracy)
+
+
+def test_distillation_mixes_cross_entropy_and_kl_to_the_base():
+    model = graft_recycle_module(tiny_base_model("llama"), init="random")
+    batch = _right_padded_batch()
+    outputs = RecycleTrainingModel(model, distill_weight=0.25, distill_temperature=2.0).eval()(**batch)
+    with torch.no_grad():
+        reference = model.eval()(**batch)
+    has_target = batch["labels"][:, 1:] != -100
+    student = reference.recycle_logits[:, :-1][has_target]
+    teacher = reference.logits[:, :-1][has_target]
+    expected_kl = (
+        F.softmax(teacher / 2, -1) * (F.log_softmax(teacher / 2, -1) - F.log_softmax(student / 2, -1))
+    ).sum(-1).mean() * 4
+    torch.testing.assert_close(outputs.distill_loss, expected_kl)
+    torch.testing.assert_close(outputs.loss, 0.75 * reference.recycle_loss + 0.25 * expected_kl)
+    expected_agreement = (student.argmax(-1) == teacher.argmax(-1)).float().mean()
+    torch.testing.assert_close(outputs.base_agreement, expected_agreement)
+    assert soft_target_kl(teacher, teacher).abs() < 1e-6
+
+
+def test_head_only_training_runs_the_base_once_without_autograd():
+    model = graft_recycle_module(tiny_base_model("llama"))
+    base_calls = []
+    model.base_backbone.register_forward_hook(lambda *_: base_calls.append(torch.is_grad_enabled()))
+    wrapper = RecycleTrainingModel(model, distill_weight=0.5).train()
+
+    outputs = wrapper(**_right_padded_batch())
+    outputs.loss.backward()
+
+    assert base_calls == [False]
+    assert not model.base_lm.training  # frozen base: no dropout, the states decoding will see
+    assert all(parameter.grad is not None for parameter in model.recycle_module.parameters())
+    assert all(parameter.grad is None for parameter in model.base_lm.parameters())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Trainer runs
+
+
+def _base_with_confident_head(seed: int = 0):
+    # With the default initializer_range (0.02) the tied random embeddings give logits too small for any confident
+    # prediction, which caps how far any loss can fall; 0.2 gives a head with the scale of a real model's.
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_base_config("llama", initializer_range=0.2)).eval()
+
+
+def test_training_clearly_lowers_the_recycle_loss_and_leaves_the_base_alone(tmp_path):
+    base = _base_with_confident_head()
+    base_before = {name: tensor.clone() for name, tensor in base.state_dict().items()}
+    model = graft_recycle_module(base)
+    dataset = permutation_chain_blocks(num_blocks=64, block_size=16)
+
+    arguments = tiny_training_arguments(tmp_path / "out", max_steps=100, learning_rate=1e-2)
+    trainer = train_recycle_module(model, dataset, arguments)
+
+    logs = [log for log in trainer.state.log_history if "recycle_loss" in log]
+    assert [log["step"] for log in logs] == list(range(10, 101, 10))
+    first, last = logs[0], logs[-1]
+    assert first["recycle_loss"] > 3.5 and first["recycle_accuracy"] < 0.3
+    assert last["recycle_loss"] < first["recycle_loss"] - 3.0
+    assert last["recycle_accuracy"] > 0.9
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(tensor, base_before[name])
+
+    # The output folder is the adapter: it reloads the trained module exactly onto a fresh copy of the base.
+    reloaded = load_recycle_adapter(_base_with_confident_head(), tmp_path / "out")
+    batch = _right_padded_batch()
+    with torch.no_grad():
+        expected = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        actual = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert torch.equal(actual.recycle_logits, expected.recycle_logits)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir() if path.is_file()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+
+
+def test_resumed_training_ends_where_uninterrupted_training_ends(tmp_path):
+    dataset = permutation_chain_blocks(num_blocks=32, block_size=16)
+    arguments = dict(max_steps=8, per_device_train_batch_size=4, logging_steps=4, save_strategy="steps", save_steps=4)
+
+    uninterrupted = graft_recycle_module(tiny_base_model("llama"), init="random")
+    RecycleTrainer(uninterrupted, tiny_training_arguments(tmp_path / "a", **arguments), train_dataset=dataset).train()
+    checkpoint = tmp_path / "a" / "checkpoint-4"
+    assert sorted(path.name for path in checkpoint.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "optimizer.pt",
+        "rng_state.pth",
+        "scheduler.pt",
+        "trainer_state.json",
+    ]
+    base = tiny_base_model("llama")
+    torch.manual_seed(5)  # another random module: resuming must load the checkpoint's
+    resumed = graft_recycle_module(base, init="random")
+    trainer = RecycleTrainer(resumed, tiny_training_arguments(tmp_path / "b", **arguments), train_dataset=dataset)
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+
+    assert trainer.state.global_step == 8
+    expected = _module_state(uninterrupted)
+    for name, tensor in _module_state(resumed).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6)
+
+
+def test_lora_trains_jointly_and_reloads_on_a_fresh_base(tmp_path):
+    base = tiny_base_model("opt")
+    base_before = {name: tensor.clone() for name, tensor in base.state_dict().items()}
+    model = graft_recycle_module(base)
+    add_base_lora(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    lora_before = {name: p.clone() for name, p in model.base_lm.named_parameters() if "lora_B" in name}
+    dataset = permutation_chain_blocks(num_blocks=32, block_size=16)
+
+    arguments = tiny_training_arguments(tmp_path / "out", max_steps=10, logging_steps=5)
+    trainer = train_recycle_module(model, dataset, arguments)
+
+    assert "lm_loss" in trainer.state.log_history[0]
+    lora_after = dict(model.base_lm.named_parameters())
+    assert all(not torch.equal(lora_after[name], before) for name, before in lora_before.items())
+    base_after = {
+        name.replace(".base_layer", ""): tensor
+        for name, tensor in model.base_lm.state_dict().items()
+        if "lora_" not in name
+    }
+    for name, tensor in base_before.items():
+        assert torch.equal(base_after[name], tensor)
+
+    reloaded = load_recycle_adapter(tiny_base_model("opt"), tmp_path / "out")
+    batch = _right_padded_batch()
+    with torch.no_grad():
+        expected = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        actual = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert torch.equal(actual.logits, expected.logits)
+    assert torch.equal(actual.recycle_logits, expected.recycle_logits)
+
+
+def test_trainer_refuses_what_it_cannot_train(tmp_path):
+    with pytest.raises(ValueError, match="RecycleGPTForCausalLM"):
+        RecycleTrainer(tiny_base_model("llama"), tiny_training_arguments(tmp_path))
+    frozen = graft_recycle_module(tiny_base_model("llama")).requires_grad_(False)
+    with pytest.raises(ValueError, match="Nothing in the model is trainable"):
+        RecycleTrainer(frozen, tiny_training_arguments(tmp_path))
+    with pytest.raises(ValueError, match="distill_weight must be between 0 and 1"):
+        tiny_training_arguments(tmp_path, distill_weight=2.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_process_data_parallel_training_keeps_ranks_identical(tmp_path):
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), str(TESTS_DIR / "ddp_train_worker.py"), str(tmp_path),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=TESTS_DIR)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    summaries = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(summary["world_size"] == 2 and summary["global_step"] == 4 for summary in summaries)
+    assert summaries[0]["logs"] == summaries[1]["logs"]  # statistics are averaged over both ranks
+    weights = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in (0, 1)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+    initial = graft_recycle_module(tiny_base_model("llama", seed=0), init="random").recycle_module.state_dict()
+    assert not torch.equal(weights[0]["eh_proj.weight"], initial["eh_proj.weight"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# recycle-hf train
+
+
+def _save_tiny_base_with_tokenizer(folder: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<pad>": PAD, "</s>": EOS, "<s>": 2, **{f"t{index}": index for index in range(3, 101)}}
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="t3"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="t3"
+    )
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_base_config("llama")).save_pretrained(folder)
+
+
+def test_train_command_writes_an_adapter_and_resumes(tmp_path, capsys):
+    base_dir = tmp_path / "base"
+    _save_tiny_base_with_tokenizer(base_dir)
+    dataset = permutation_chain_blocks(num_blocks=16, block_size=16)
+    lines = [" ".join(f"t{token}" for token in block["input_ids"].tolist()) for block in dataset]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines[:8]))
+    (tmp_path / "extra.txt").write_text(lines[8])
+    output = tmp_path / "adapter"
+    command = [
+        "train", "--base", str(base_dir), "--data", str(tmp_path / "*.jsonl"), str(tmp_path / "extra.txt"),
+        "--output", str(output), "--block-size", "16", "--batch-size", "4", "--logging-steps", "2",
+        "--save-steps", "3", "--distill-weight", "0.5", "--init", "identity", "--draft-vocab-size", "20",
+    ]
+
+    assert cli_main([*command, "--max-steps", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "Trained to step 6" in printed and "tokens/s" in printed and str(output) in printed
+    config = json.loads((output / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base_dir)
+    assert config["recycle_settings"]["recycle_draft_vocab_size"] == 20
+    assert sorted(path.name for path in output.iterdir() if path.name.startswith("checkpoint-")) == [
+        "checkpoint-3",
+        "checkpoint-6",
+    ]
+    state = json.loads((output / "checkpoint-6" / "trainer_state.json").read_text())
+    assert {"recycle_loss", "recycle_accuracy", "distill_loss", "base_agreement"} <= set(state["log_history"][0])
+
+    assert cli_main([*command, "--max-steps", "8", "--resume"]) == 0
+    assert "Trained to step 8" in capsys.readouterr().out
+    model = load_recycle_adapter(AutoModelForCausalLM.from_pretrained(base_dir), output)
+    checkpoint_6 = load_file(output / "checkpoint-6" / "adapter_model.safetensors")
+    assert not torch.equal(model.recycle_module.eh_proj.weight, checkpoint_6["recycle_module.eh_proj.weight"])
+    # The draft vocabulary, saved with the adapter: the 20 commonest tokens of the training data.
+    training_data = load_token_blocks(
+        [str(tmp_path / "*.jsonl"), str(tmp_path / "extra.txt")], AutoTokenizer.from_pretrained(base_dir), 16
+    )
+    expected_draft_ids = frequent_token_ids([training_data.token_ids().tolist()], 20, 101)
+    assert torch.equal(model.draft_token_ids, expected_draft_ids)
