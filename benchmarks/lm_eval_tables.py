@@ -1,0 +1,61 @@
+"""lm-eval scores of SmolLM2-135M-Instruct: lm-eval's `hf` on the base vs `recyclegpt` std / rec (shipped module).
+
+Offline, on the local tasks (../shared/data or $RECYCLE_HF_DATA_DIR), with a document limit per task:
+
+    python benchmarks/lm_eval_tables.py --limit 200 --output benchmarks/results/cpu-smollm2/lm_eval.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import lm_eval
+from lm_eval.models.huggingface import HFLM
+
+from recycle_hf.defaults import dequantized_base_dir, load_default_base
+from recycle_hf.eval import RecycleGPTLM, task_manager
+from recycle_hf.loading import load_recycle_model
+
+TASKS = {"piqa_local": "acc,none", "copa_local": "acc,none", "lambada_openai_gen_local": "exact_match,none"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--fewshot", default="0,5")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args()
+    data_dir = os.environ.get("RECYCLE_HF_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    manager = task_manager(include_defaults=False, metadata={"data_dir": data_dir})
+    load_default_base()  # builds the dequantized cache that the `hf` model reads
+    model, tokenizer = load_recycle_model()
+    models = {
+        "hf (base)": HFLM(pretrained=str(dequantized_base_dir()), batch_size=args.batch_size, device="cpu",
+                          dtype="float32"),
+        "recyclegpt std": RecycleGPTLM(pretrained=model, tokenizer=tokenizer, mode="std", batch_size=args.batch_size),
+        "recyclegpt rec": RecycleGPTLM(pretrained=model, tokenizer=tokenizer, mode="rec", batch_size=args.batch_size),
+    }
+    rows, raw = [], {}
+    for shots in [int(value) for value in args.fewshot.split(",")]:
+        for name, lm in models.items():
+            started = time.perf_counter()
+            result = lm_eval.simple_evaluate(model=lm, tasks=list(TASKS), num_fewshot=shots, limit=args.limit,
+                                             task_manager=manager, bootstrap_iters=0)
+            scores = {task: result["results"][task][metric] for task, metric in TASKS.items()}
+            raw[f"{name} {shots}-shot"] = scores
+            rows.append(f"| {name} | {shots} | " + " | ".join(f"{scores[t]:.3f}" for t in TASKS)
+                        + f" | {time.perf_counter() - started:.0f} |")
+    header = "| model | shots | " + " | ".join(TASKS) + " | seconds |\n|---|---|" + "---|" * (len(TASKS) + 1)
+    text = f"lm-eval, first {args.limit} documents per task (local data), CPU, fp32.\n\n{header}\n" + "\n".join(rows)
+    Path(args.output).write_text(text + "\n")
+    Path(args.output).with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
