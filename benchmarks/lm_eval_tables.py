@@ -20,7 +20,12 @@ from recycle_hf.defaults import dequantized_base_dir, load_default_base
 from recycle_hf.eval import RecycleGPTLM, task_manager
 from recycle_hf.loading import load_recycle_model
 
-TASKS = {"piqa_local": "acc,none", "copa_local": "acc,none", "lambada_openai_gen_local": "exact_match,none"}
+TASKS = {"piqa_local": "acc", "copa_local": "acc", "lambada_openai_gen_local": "exact_match"}
+
+
+def _metric(task_results: dict, name: str) -> float:
+    """The value of metric `name` whatever filter lm-eval names it with ("acc,none", "exact_match,first_word")."""
+    return next(value for key, value in task_results.items() if key.split(",")[0] == name and "stderr" not in key)
 
 
 def main() -> None:
@@ -46,7 +51,7 @@ def main() -> None:
             started = time.perf_counter()
             result = lm_eval.simple_evaluate(model=lm, tasks=list(TASKS), num_fewshot=shots, limit=args.limit,
                                              task_manager=manager, bootstrap_iters=0)
-            scores = {task: result["results"][task][metric] for task, metric in TASKS.items()}
+            scores = {task: _metric(result["results"][task], metric) for task, metric in TASKS.items()}
             raw[f"{name} {shots}-shot"] = scores
             rows.append(f"| {name} | {shots} | " + " | ".join(f"{scores[t]:.3f}" for t in TASKS)
                         + f" | {time.perf_counter() - started:.0f} |")
