@@ -213,11 +213,7 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
         if base_lm is not None:
             # Grafting passes an existing model: its tensors and config are used as they are, never copied.
             config.base_config = base_lm.config
-            base_attention = base_lm.config._attn_implementation
         super().__init__(config)
-        if base_lm is not None:
-            # PreTrainedModel.__init__ resets the attention backend of sub-configs; the base keeps its own.
-            base_lm.config._attn_implementation = base_attention
         self.base_lm = base_lm if base_lm is not None else AutoModelForCausalLM.from_config(config.base_config)
         blocks = find_decoder_blocks(self.base_backbone, config.base_config.num_hidden_layers)
         module_config = config.get_recycle_module_config()
