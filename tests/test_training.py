@@ -24,6 +24,7 @@ from recycle_hf.cli import main as cli_main
 from recycle_hf.data import TokenBlockDataset, load_token_blocks, read_documents, resolve_data_files, tokenize_documents
 from recycle_hf.draft_vocabulary import frequent_token_ids
 from recycle_hf.training import (
+    BaseStateDataset,
     RecycleTrainer,
     RecycleTrainingModel,
     soft_target_kl,
@@ -160,6 +161,65 @@ def test_head_only_training_runs_the_base_once_without_autograd():
     assert not model.base_lm.training  # frozen base: no dropout, the states decoding will see
     assert all(parameter.grad is not None for parameter in model.recycle_module.parameters())
     assert all(parameter.grad is None for parameter in model.base_lm.parameters())
+
+
+@pytest.mark.parametrize("family", ["llama", "opt-350m-style"])
+def test_precomputed_base_states_give_exactly_the_live_losses_and_gradients(family):
+    model = graft_recycle_module(tiny_base_model(family), init="random")
+    batch = _right_padded_batch()
+    blocks = [{name: tensor[row] for name, tensor in batch.items()} for row in range(3)]
+    dataset = BaseStateDataset.compute(model, blocks, batch_size=2)
+    assert len(dataset) == 3 and set(dataset[1]) == {"input_ids", "attention_mask", "labels", "base_states"}
+    # OPT-350m-style bases project their states out to the LM head's narrower width; that is what is stored.
+    assert dataset.base_states.shape[-1] == model.get_output_embeddings().weight.shape[1]
+
+    wrapper = RecycleTrainingModel(model, distill_weight=0.5, state_loss_weight=0.3).train()
+    base_calls = []
+    model.base_backbone.register_forward_hook(lambda *_: base_calls.append(1))
+    torch.manual_seed(0)  # the same dropout masks in the module (OPT blocks have dropout)
+    live = wrapper(**batch)
+    live.loss.backward()
+    live_grads = [parameter.grad.clone() for parameter in model.recycle_module.parameters()]
+    model.zero_grad()
+    torch.manual_seed(0)
+    precomputed = wrapper(**batch, base_states=torch.stack([dataset[row]["base_states"] for row in range(3)]))
+    precomputed.loss.backward()
+
+    assert len(base_calls) == 1  # the precomputed step ran no base forward
+    for name in ("loss", "recycle_loss", "distill_loss", "state_loss", "base_agreement"):
+        torch.testing.assert_close(getattr(precomputed, name), getattr(live, name), rtol=1e-5, atol=1e-6)
+    for parameter, live_grad in zip(model.recycle_module.parameters(), live_grads):
+        torch.testing.assert_close(parameter.grad, live_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_state_loss_pulls_module_states_towards_the_base_states():
+    model = graft_recycle_module(tiny_base_model("llama"), init="random").eval()
+    batch = _right_padded_batch()
+    outputs = RecycleTrainingModel(model, state_loss_weight=2.0).eval()(**batch)
+    with torch.no_grad():
+        position_ids = torch.arange(9).expand(3, 9)
+        base_states = model.base_step(batch["input_ids"], batch["attention_mask"], position_ids, None)
+        previous = model.shift_states(base_states, batch["attention_mask"], None)
+        module_states = model.recycle_step(batch["input_ids"], previous, batch["attention_mask"], position_ids, None)
+    has_target = batch["labels"][:, 1:] != -100
+    differences = (module_states[:, :-1] - base_states[:, :-1])[has_target]
+    expected = torch.where(differences.abs() < 1, 0.5 * differences**2, differences.abs() - 0.5).mean()
+    torch.testing.assert_close(outputs.state_loss, expected)
+    torch.testing.assert_close(outputs.loss, outputs.recycle_loss + 2.0 * expected)
+    # Without the weight the term is neither computed nor logged.
+    assert RecycleTrainingModel(model).eval()(**batch).state_loss is None
+
+
+def test_precomputed_base_states_are_refused_for_a_trainable_base():
+    model = graft_recycle_module(tiny_base_model("llama"))
+    add_base_lora(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    batch = _right_padded_batch()
+    with pytest.raises(ValueError, match="frozen base"):
+        BaseStateDataset.compute(model, [{name: tensor[0] for name, tensor in batch.items()}])
+    with pytest.raises(ValueError, match="frozen base"):
+        RecycleTrainingModel(model)(**batch, base_states=torch.zeros(3, 9, 32))
+    with pytest.raises(ValueError, match="state_loss_weight must be >= 0"):
+        tiny_training_arguments("unused", state_loss_weight=-1.0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -315,11 +375,16 @@ def _save_tiny_base_with_tokenizer(folder: Path) -> None:
     AutoModelForCausalLM.from_config(tiny_base_config("llama")).save_pretrained(folder)
 
 
-def test_train_command_writes_an_adapter_and_resumes(tmp_path, capsys):
+def _tiny_base_and_text_lines(tmp_path: Path, num_blocks: int) -> tuple[Path, list[str]]:
+    """A saved tiny base with a word tokenizer, and `num_blocks` lines of learnable text in its words."""
     base_dir = tmp_path / "base"
     _save_tiny_base_with_tokenizer(base_dir)
-    dataset = permutation_chain_blocks(num_blocks=16, block_size=16)
-    lines = [" ".join(f"t{token}" for token in block["input_ids"].tolist()) for block in dataset]
+    dataset = permutation_chain_blocks(num_blocks=num_blocks, block_size=16)
+    return base_dir, [" ".join(f"t{token}" for token in block["input_ids"].tolist()) for block in dataset]
+
+
+def test_train_command_writes_an_adapter_and_resumes(tmp_path, capsys):
+    base_dir, lines = _tiny_base_and_text_lines(tmp_path, num_blocks=16)
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines[:8]))
     (tmp_path / "extra.txt").write_text(lines[8])
     output = tmp_path / "adapter"
@@ -353,3 +418,32 @@ def test_train_command_writes_an_adapter_and_resumes(tmp_path, capsys):
     )
     expected_draft_ids = frequent_token_ids([training_data.token_ids().tolist()], 20, 101)
     assert torch.equal(model.draft_token_ids, expected_draft_ids)
+
+
+def test_train_command_with_precomputed_states_trains_the_same_module_and_reports_held_out(tmp_path, capsys):
+    base_dir, lines = _tiny_base_and_text_lines(tmp_path, num_blocks=12)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines[:10]))
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines[10:]))
+    command = [
+        "train", "--base", str(base_dir), "--data", str(tmp_path / "train.jsonl"), "--block-size", "16",
+        "--batch-size", "4", "--max-steps", "5", "--distill-weight", "0.5", "--state-loss-weight", "0.5",
+        "--init", "random", "--eval-data", str(tmp_path / "heldout.jsonl"),
+    ]
+
+    assert cli_main([*command, "--output", str(tmp_path / "live")]) == 0
+    live_printed = capsys.readouterr().out
+    assert cli_main([*command, "--output", str(tmp_path / "precomputed"), "--precompute-base-states"]) == 0
+    precomputed_printed = capsys.readouterr().out
+
+    live = load_file(tmp_path / "live" / "adapter_model.safetensors")
+    precomputed = load_file(tmp_path / "precomputed" / "adapter_model.safetensors")
+    assert live.keys() == precomputed.keys()
+    for name in live:
+        torch.testing.assert_close(precomputed[name], live[name], rtol=1e-4, atol=1e-5)
+    for printed in (live_printed, precomputed_printed):
+        assert "Held-out: recycle_loss" in printed and "agreement with the base" in printed
+    held_out_line = lambda printed: next(line for line in printed.splitlines() if line.startswith("Held-out"))
+    assert held_out_line(live_printed) == held_out_line(precomputed_printed)
+
+    with pytest.raises(SystemExit, match="frozen base"):
+        cli_main([*command, "--output", str(tmp_path / "lora"), "--precompute-base-states", "--lora"])

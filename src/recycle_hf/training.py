@@ -5,7 +5,8 @@ The `Trainer` sees a small wrapper, [`RecycleTrainingModel`], whose `forward` co
 parallelism (`torchrun`, `accelerate launch`) wraps and synchronises it like any model. With a frozen base (the
 default, head-only training) the base runs once per batch under `torch.no_grad()`: no graph is kept through its
 layers, and its final states feed the module directly. The same base forward gives the base's own next-token
-distribution, the soft targets of the optional distillation loss.
+distribution, the soft targets of the optional distillation loss. Because a frozen base gives the same states in
+every epoch, [`BaseStateDataset`] can compute them once up front; each later step then costs only the module.
 
 Checkpoints and the final output are recycle adapters (see `recycle_hf.adapter`); `Trainer` adds its optimizer,
 scheduler and RNG states to checkpoints so that training resumes where it stopped.
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from tqdm.auto import tqdm
 from transformers.utils import ModelOutput
 
 from .adapter import load_adapter_weights, save_recycle_adapter
@@ -32,7 +34,7 @@ from .modeling_recyclegpt import RecycleGPTForCausalLM, positions_from_attention
 logger = logging.getLogger(__name__)
 
 # Per-batch statistics the wrapper returns and `RecycleTrainer` logs (averaged over the logging interval).
-TRAINING_METRICS = ("recycle_loss", "recycle_accuracy", "distill_loss", "base_agreement", "lm_loss")
+TRAINING_METRICS = ("recycle_loss", "recycle_accuracy", "distill_loss", "base_agreement", "state_loss", "lm_loss")
 
 
 @dataclass
@@ -47,6 +49,10 @@ class RecycleTrainingArguments(TrainingArguments):
             same position (soft targets; what verify-mode acceptance depends on). 0 trains on the labels only.
         distill_temperature (`float`, defaults to 1.0):
             Temperature applied to both distributions in the KL term.
+        state_loss_weight (`float`, defaults to 0.0):
+            Weight of a smooth-L1 loss pulling the module's output state at position j towards the base's state
+            h_j (EAGLE's feature regression). Verify mode feeds that output state to the module in place of h_j
+            when it drafts more than one token, so this is what makes second and later drafts good.
         lm_loss_weight (`float`, defaults to 1.0):
             With LoRA on the base, weight of the base's own cross-entropy added to the loss (keeps the base a good
             language model while it adapts to the module). Unused when the base is frozen.
@@ -54,6 +60,7 @@ class RecycleTrainingArguments(TrainingArguments):
 
     distill_weight: float = field(default=0.0, metadata={"help": "Weight of the KL loss to the base's distribution."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Temperature of the distillation loss."})
+    state_loss_weight: float = field(default=0.0, metadata={"help": "Weight of the state regression loss."})
     lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the base's LM loss when LoRA trains."})
 
     def __post_init__(self):
@@ -64,6 +71,8 @@ class RecycleTrainingArguments(TrainingArguments):
             raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}.")
         if self.lm_loss_weight < 0:
             raise ValueError(f"lm_loss_weight must be >= 0, got {self.lm_loss_weight}.")
+        if self.state_loss_weight < 0:
+            raise ValueError(f"state_loss_weight must be >= 0, got {self.state_loss_weight}.")
 
 
 @dataclass
@@ -75,6 +84,7 @@ class RecycleTrainingOutput(ModelOutput):
     recycle_accuracy: torch.Tensor | None = None
     distill_loss: torch.Tensor | None = None
     base_agreement: torch.Tensor | None = None
+    state_loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
 
 
@@ -82,8 +92,9 @@ class RecycleTrainingModel(nn.Module):
     """What `Trainer` trains: a [`RecycleGPTForCausalLM`] whose `forward` returns the recyclable module's loss.
 
     A frozen base runs in eval mode (no dropout: the module learns the states it will see when decoding) and
-    without autograd. With LoRA layers on the base (trainable base parameters) the base runs with autograd and its
-    own cross-entropy joins the loss, weighted by `lm_loss_weight`.
+    without autograd, or not at all when the batch carries its precomputed `base_states` (see [`BaseStateDataset`]).
+    With LoRA layers on the base (trainable base parameters) the base runs with autograd and its own cross-entropy
+    joins the loss, weighted by `lm_loss_weight`.
     """
 
     # The loss is a per-batch mean: Trainer scales it for gradient accumulation itself.
@@ -95,12 +106,14 @@ class RecycleTrainingModel(nn.Module):
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
         lm_loss_weight: float = 1.0,
+        state_loss_weight: float = 0.0,
     ):
         super().__init__()
         self.model = model
         self.distill_weight = distill_weight
         self.distill_temperature = distill_temperature
         self.lm_loss_weight = lm_loss_weight
+        self.state_loss_weight = state_loss_weight
 
     @property
     def base_is_trainable(self) -> bool:
@@ -117,6 +130,7 @@ class RecycleTrainingModel(nn.Module):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        base_states: torch.Tensor | None = None,
     ) -> RecycleTrainingOutput:
         model = self.model
         if attention_mask is None:
@@ -125,10 +139,16 @@ class RecycleTrainingModel(nn.Module):
             labels = input_ids.masked_fill(attention_mask == 0, -100)
         position_ids = positions_from_attention_mask(attention_mask, input_ids.shape[1])
         base_trainable = self.base_is_trainable
-        need_base_logits = base_trainable or self.distill_weight > 0
+        # Evaluation always reports the agreement with the base, the number verify mode's speed depends on.
+        need_base_logits = base_trainable or self.distill_weight > 0 or not self.training
 
-        with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
-            base_states = model.base_step(input_ids, attention_mask, position_ids, None)
+        if base_states is None:
+            with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
+                base_states = model.base_step(input_ids, attention_mask, position_ids, None)
+        elif base_trainable:
+            raise ValueError(
+                "Precomputed base states only hold for a frozen base; with LoRA on the base, train on token blocks."
+            )
         previous_states = model.shift_states(base_states, attention_mask, None)
         module_states = model.recycle_step(input_ids, previous_states, attention_mask, position_ids, None)
 
@@ -143,6 +163,12 @@ class RecycleTrainingModel(nn.Module):
             "recycle_accuracy": (recycle_logits.argmax(-1) == target_ids).float().mean().detach(),
         }
         loss = recycle_loss
+        if self.state_loss_weight > 0:
+            # The module's state at j stands in for h_j when verify mode drafts the token after next.
+            state_loss = F.smooth_l1_loss(
+                module_states[:, :-1][has_target].float(), base_states[:, :-1][has_target].detach().float()
+            )
+            statistics["state_loss"] = state_loss.detach()
         if need_base_logits:
             with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
                 base_logits = model.vocab_logits(base_states[:, :-1][has_target]).float()
@@ -155,6 +181,8 @@ class RecycleTrainingModel(nn.Module):
                 lm_loss = F.cross_entropy(base_logits, target_ids)
                 loss = loss + self.lm_loss_weight * lm_loss
                 statistics["lm_loss"] = lm_loss.detach()
+        if self.state_loss_weight > 0:
+            loss = loss + self.state_loss_weight * state_loss
         # Built in one go: a ModelOutput only lists (and DDP only sees) the fields given to its constructor.
         return RecycleTrainingOutput(loss=loss, **statistics)
 
@@ -200,7 +228,9 @@ class RecycleTrainer(Trainer):
             )
         self.recycle_model = model
         self.base_model_name_or_path = base_model_name_or_path
-        wrapper = RecycleTrainingModel(model, args.distill_weight, args.distill_temperature, args.lm_loss_weight)
+        wrapper = RecycleTrainingModel(
+            model, args.distill_weight, args.distill_temperature, args.lm_loss_weight, args.state_loss_weight
+        )
         super().__init__(model=wrapper, args=args, **kwargs)
         self._metric_sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
         self._metric_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
@@ -273,6 +303,55 @@ class RecycleTrainer(Trainer):
         load_adapter_weights(self.recycle_model, self.state.best_model_checkpoint)
 
 
+class BaseStateDataset(Dataset):
+    """Token blocks together with the frozen base's final states over them, computed once.
+
+    With a frozen base every epoch would recompute the same states; storing them (float32, `hidden_size` floats
+    per token) makes each training step cost only the module. Items are those of `blocks` plus `base_states`
+    [block_size, hidden_size], which [`RecycleTrainingModel`] uses in place of a base forward.
+    """
+
+    def __init__(self, blocks: Dataset, base_states: torch.Tensor):
+        if len(blocks) != base_states.shape[0]:
+            raise ValueError(f"{len(blocks)} blocks but states for {base_states.shape[0]}.")
+        self.blocks = blocks
+        self.base_states = base_states
+
+    @classmethod
+    @torch.no_grad()
+    def compute(
+        cls, model: RecycleGPTForCausalLM, blocks: Dataset, batch_size: int = 8, desc: str = "base states"
+    ) -> BaseStateDataset:
+        """Run `model`'s base over every block of `blocks` (items with `input_ids` and `attention_mask`)."""
+        if any(parameter.requires_grad for parameter in model.base_lm.parameters()):
+            raise ValueError(
+                "Precomputed base states only hold for a frozen base; with LoRA on the base, train on token blocks."
+            )
+        was_training = model.base_lm.training
+        model.base_lm.eval()
+        device = model.get_output_embeddings().weight.device
+        base_states: torch.Tensor | None = None
+        for start in tqdm(range(0, len(blocks), batch_size), desc=desc, unit="batch"):
+            items = [blocks[index] for index in range(start, min(start + batch_size, len(blocks)))]
+            input_ids = torch.stack([item["input_ids"] for item in items]).to(device)
+            attention_mask = torch.stack([item["attention_mask"] for item in items]).to(device)
+            position_ids = positions_from_attention_mask(attention_mask, input_ids.shape[1])
+            states = model.base_step(input_ids, attention_mask, position_ids, None)
+            if base_states is None:
+                # The LM head's input width (OPT-350m projects its states out to a narrower one).
+                base_states = states.new_zeros(len(blocks), *states.shape[1:], dtype=torch.float32, device="cpu")
+                logger.info("Computing the base's states once: %.0f MB", base_states.numel() * 4 / 2**20)
+            base_states[start : start + len(items)] = states.float().cpu()
+        model.base_lm.train(was_training)
+        return cls(blocks, base_states)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {**self.blocks[index], "base_states": self.base_states[index]}
+
+
 def train_recycle_module(
     model: RecycleGPTForCausalLM,
     train_dataset: Dataset,
@@ -285,7 +364,7 @@ def train_recycle_module(
     `args.output_dir`. `resume_from_checkpoint=True` continues from the last checkpoint in `args.output_dir`.
 
     Items of the datasets are dicts with `input_ids`, `attention_mask` and `labels` (-100 = no target), e.g. a
-    `recycle_hf.data.TokenBlockDataset`. Returns the trainer: `trainer.state.log_history` holds the logged losses and
+    `recycle_hf.data.TokenBlockDataset`, optionally with the base's `base_states` (a [`BaseStateDataset`]). Returns the trainer: `trainer.state.log_history` holds the logged losses and
     accuracies.
     """
     trainer = RecycleTrainer(
@@ -297,6 +376,7 @@ def train_recycle_module(
 
 
 __all__ = [
+    "BaseStateDataset",
     "RecycleTrainer",
     "RecycleTrainingArguments",
     "RecycleTrainingModel",

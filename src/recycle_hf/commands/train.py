@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from transformers import set_seed
+
 from ..adapter import add_base_lora, base_lora_config, load_recycle_adapter
 from ..data import load_token_blocks
 from ..defaults import DEFAULT_BASE_NAME
 from ..draft_vocabulary import frequent_token_ids
 from ..graft import DEFAULT_GRAFT_INIT, GRAFT_INITS, graft_recycle_module
 from ..loading import DEFAULT_BASE, add_base_arguments, load_base_from_args
-from ..training import RecycleTrainer, RecycleTrainingArguments
+from ..training import BaseStateDataset, RecycleTrainer, RecycleTrainingArguments
 
 
 HELP = (
@@ -48,6 +50,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="0..1: weight of the KL loss to the base's own next-token distribution (rest: cross-entropy on --data)",
     )
     parser.add_argument("--distill-temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--state-loss-weight",
+        type=float,
+        default=0.0,
+        help="weight of a smooth-L1 loss pulling the module's states towards the base's (better chained drafts)",
+    )
+    parser.add_argument(
+        "--precompute-base-states",
+        action="store_true",
+        help="run the frozen base over the data once and keep its states in memory (4 bytes x hidden size per "
+        "token); every epoch then costs only the module. Not with --lora.",
+    )
+    parser.add_argument(
+        "--eval-data", nargs="+", default=None, help="held-out .jsonl/.txt files, evaluated at the end (and every "
+        "--eval-steps)"
+    )
+    parser.add_argument("--eval-steps", type=int, default=None, help="evaluate every N steps (default: at the end)")
     parser.add_argument("--lora", action="store_true", help="also train LoRA layers on the base (joint fine-tuning)")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
@@ -79,8 +98,13 @@ def _lora_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.precompute_base_states and args.lora:
+        raise SystemExit("--precompute-base-states needs a frozen base; drop it or --lora.")
+    # Seeded before grafting too, so that --seed fixes the fresh module's initial weights, not only the data order.
+    set_seed(args.seed)
     base_model, tokenizer = load_base_from_args(args)
     train_dataset = load_token_blocks(args.data, tokenizer, block_size=args.block_size, max_tokens=args.max_tokens)
+    eval_dataset = load_token_blocks(args.eval_data, tokenizer, block_size=args.block_size) if args.eval_data else None
     if args.adapter:
         model = load_recycle_adapter(base_model, args.adapter, is_trainable=True)
     else:
@@ -91,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
         vocab_size = model.get_output_embeddings().weight.shape[0]
         draft_ids = frequent_token_ids([train_dataset.token_ids().tolist()], args.draft_vocab_size, vocab_size)
         model.set_draft_vocabulary(draft_ids)
+    if args.precompute_base_states:
+        train_dataset = BaseStateDataset.compute(model, train_dataset, args.batch_size)
+        if eval_dataset is not None:
+            eval_dataset = BaseStateDataset.compute(model, eval_dataset, args.batch_size, desc="eval base states")
     training_args = RecycleTrainingArguments(
         output_dir=args.output,
         per_device_train_batch_size=args.batch_size,
@@ -110,17 +138,34 @@ def run(args: argparse.Namespace) -> int:
         distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature,
         lm_loss_weight=args.lm_loss_weight,
+        state_loss_weight=args.state_loss_weight,
+        eval_strategy="steps" if eval_dataset is not None and args.eval_steps else "no",
+        eval_steps=args.eval_steps,
+        per_device_eval_batch_size=args.batch_size,
     )
     base_name = DEFAULT_BASE_NAME if args.base == DEFAULT_BASE else args.base
     trainer = RecycleTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, base_model_name_or_path=base_name
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        base_model_name_or_path=base_name,
     )
     result = trainer.train(resume_from_checkpoint=args.resume)
     trainer.save_model()
+    if eval_dataset is not None:
+        trainer.evaluate()
     if trainer.is_world_process_zero():
         # Blocks are full except possibly the last one, so samples/s times the block size is the token rate.
         tokens_per_second = result.metrics["train_samples_per_second"] * args.block_size
         last_log = next((log for log in reversed(trainer.state.log_history) if "recycle_loss" in log), {})
+        eval_log = next((log for log in reversed(trainer.state.log_history) if "eval_loss" in log), None)
+        if eval_log is not None:
+            print(
+                f"Held-out: recycle_loss {eval_log.get('eval_recycle_loss', float('nan')):.3f}, top-1 accuracy "
+                f"{eval_log.get('eval_recycle_accuracy', float('nan')):.3f}, agreement with the base "
+                f"{eval_log.get('eval_base_agreement', float('nan')):.3f}."
+            )
         print(
             f"Trained to step {result.global_step} in {result.metrics['train_runtime']:.0f} s "
             f"({tokens_per_second:.0f} tokens/s); last recycle_loss {last_log.get('recycle_loss', float('nan')):.3f}, "
