@@ -2,7 +2,8 @@
 
 Provenance: every prompt is built here from the templates, topics and tasks below, written for this project; none
 comes from a benchmark set. Training and held-out prompts use disjoint templates AND disjoint topics, so held-out
-text shares no prompt wording with training text.
+text shares no prompt wording with training text; no training prompt restates one of the speed benchmark's prompts
+(`recycle_hf.bench.BENCHMARK_PROMPTS`).
 
 Training prompts mix four kinds, so that the module sees the registers the assistant answers in: topic prompts
 (explanations, stories, lists, letters, ...), small programming tasks, arithmetic word problems and short writing
@@ -118,8 +119,8 @@ CODE_TEMPLATES = [
 CODE_TASKS = [
     "reverses a string", "checks whether a number is prime", "computes the factorial of n",
     "returns the n-th Fibonacci number", "counts the vowels in a sentence", "sorts a list of names",
-    "finds the largest number in a list", "removes duplicates from a list", "checks if a word is a palindrome",
-    "converts Celsius to Fahrenheit", "computes the average of a list of numbers", "merges two sorted lists",
+    "finds the largest number in a list", "removes duplicates from a list",
+    "computes the average of a list of numbers", "merges two sorted lists",
     "counts how often each word appears in a text", "reads a file and prints its lines",
     "validates an email address", "flattens a nested list", "computes the greatest common divisor",
     "generates a random password", "converts a number to binary", "finds the second smallest element",
@@ -141,7 +142,6 @@ WRITING_TASKS = [
     "Write a short review of a restaurant you enjoyed.",
     "Write a shopping list for a week of healthy meals.",
     "Write a recipe for a simple vegetable soup.",
-    "Write a packing list for a weekend camping trip.",
     "Give me a workout plan for a beginner.",
     "Suggest five names for a new coffee shop.",
     "Write an apology message for missing a meeting.",
@@ -152,7 +152,6 @@ WRITING_TASKS = [
     "Describe the feeling of the first snow of winter.",
     "Write an invitation to a birthday party.",
     "Make a study schedule for a student with four exams.",
-    "Explain the difference between weather and climate.",
     "Explain the difference between a virus and a bacterium.",
     "What is the difference between a list and a tuple in Python?",
     "What is the capital of Australia, and what is it known for?",

@@ -33,6 +33,7 @@ from recycle_hf.bench import (
     generate_once,
     load_benchmark_model,
     project_verify_speed,
+    quality_markdown,
     run_quality_benchmark,
     run_speed_benchmark,
     score_continuations,
@@ -399,16 +400,38 @@ def test_quality_run_on_a_tiny_model_with_the_smollm2_tokenizer(smollm2_tokenize
         model, smollm2_tokenizer, {"name": "tiny", "module": "random init", "dtype": "float32"}
     )
     prompts = ["Why do cats purr?", "Write one sentence about rain.", "Count to five."]
-    settings = QualitySettings(max_new_tokens=5, batch_size=2, num_draft_tokens=2)
+    settings = QualitySettings(max_new_tokens=5, batch_size=2, draft_token_counts=(1, 2))
     results = run_quality_benchmark(bench_model, prompts, settings, "inline test prompts")
     assert results["verify_equals_plain"] is True
     assert results["scored_positions"] == 3 * 5  # no EOS reached by this random model in 5 tokens
     assert 0.0 <= results["module_top1_agreement_with_base"] <= 1.0
     assert math.isfinite(results["perplexity_standard"]) and math.isfinite(results["perplexity_alternating"])
-    assert 1.0 <= results["verify_tokens_per_base_forward"] <= 3.0
+    assert set(results["verify"]) == {"1", "2"}
+    for k, verify in results["verify"].items():
+        assert verify["equals_plain"] is True and verify["mismatched_prompts"] == []
+        assert 1.0 <= verify["tokens_per_base_forward"] <= 1 + int(k)
     paths = write_quality_results(results, tmp_path)
     assert json.loads(paths[0].read_text())["settings"]["num_prompts"] == 3
-    assert "| verify output equals plain output on every prompt | yes |" in paths[1].read_text()
+    markdown = paths[1].read_text()
+    assert "| verify mode, k=1: tokens per base forward / draft acceptance / output equals plain" in markdown
+    assert " / yes |" in markdown and "k=2" in markdown
+
+    # A verify output that differs from plain decoding is reported for its k, with the prompt.
+    original_generate = model.generate
+
+    def generate_with_wrong_verify(*args, **kwargs):
+        output = original_generate(*args, **kwargs)
+        if kwargs.get("recycle_mode") == "verify" and kwargs.get("num_draft_tokens") == 2:
+            output.sequences[0, -1] = (output.sequences[0, -1] + 1) % len(smollm2_tokenizer)
+        return output
+
+    model.generate = generate_with_wrong_verify
+    results = run_quality_benchmark(bench_model, prompts, settings, "inline test prompts")
+    assert results["verify_equals_plain"] is False
+    assert results["verify"]["1"]["equals_plain"] is True
+    differences = [m["first_difference"] for m in results["verify"]["2"]["mismatched_prompts"]]
+    assert differences == [settings.max_new_tokens - 1] * 2  # row 0 of both batches, last token
+    assert "NO (2 prompts differ)" in quality_markdown(results)
 
 
 # ------------------------------------------------------------------------------------------------ command lines

@@ -137,6 +137,29 @@ def test_verify_with_processors_and_eos_equals_plain():
     assert torch.equal(ours, expected)
 
 
+def test_tokens_per_base_forward_counts_each_row_only_while_it_generates():
+    """A row that stops early must not dilute the rate: the batched count of base forwards per generating row is
+    the sum of the rows' own solo counts."""
+    model = tiny_recycle_model("llama")
+    input_ids, attention_mask = left_padded_batch([8, 3, 5], seed=9)
+    free = plain_greedy(model, input_ids, attention_mask, 14, eos_token_id=None, pad_token_id=PAD)
+    eos = int(free[1, input_ids.shape[1] + 2])
+    settings = dict(max_new_tokens=14, do_sample=False, recycle_mode="verify", num_draft_tokens=2, eos_token_id=eos,
+                    pad_token_id=PAD, return_dict_in_generate=True)
+    batched = model.generate(input_ids, attention_mask=attention_mask, **settings).recycle_stats
+    width = input_ids.shape[1]
+    solo_forwards, solo_tokens = 0, 0
+    for row in range(3):
+        start = width - int(attention_mask[row].sum())
+        solo = model.generate(input_ids[row : row + 1, start:], **settings).recycle_stats
+        solo_forwards += solo["base_forwards"]
+        solo_tokens += solo["new_tokens"]
+    assert min(batched["tokens_per_row"]) < 14  # one row did stop early
+    assert batched["row_base_forwards"] == solo_forwards
+    assert batched["new_tokens"] == solo_tokens
+    assert batched["tokens_per_base_forward"] == solo_tokens / solo_forwards
+
+
 def test_verify_max_new_tokens_one_and_two():
     model = tiny_recycle_model("opt")
     input_ids, attention_mask = left_padded_batch([5, 3])

@@ -1146,14 +1146,16 @@ def score_continuations(
 class QualitySettings:
     max_new_tokens: int = 128
     batch_size: int = 8
-    num_draft_tokens: int = DEFAULT_NUM_DRAFT_TOKENS
+    draft_token_counts: tuple[int, ...] = (DEFAULT_NUM_DRAFT_TOKENS,)
     sample_continuations: bool = False
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("max_new_tokens", "batch_size", "num_draft_tokens"):
+        for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if not self.draft_token_counts or min(self.draft_token_counts) < 1:
+            raise ValueError(f"draft_token_counts must be positive, got {self.draft_token_counts}.")
 
 
 def run_quality_benchmark(
@@ -1167,8 +1169,8 @@ def run_quality_benchmark(
     eos_token_ids = _eos_token_ids(model)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
     totals = QualityTotals()
-    verify_stats = defaultdict(int)
-    mismatched_prompts: list[dict[str, Any]] = []
+    verify_stats = {k: defaultdict(int) for k in settings.draft_token_counts}
+    mismatched_prompts = {k: [] for k in settings.draft_token_counts}
     batches = [prompts[start : start + settings.batch_size] for start in range(0, len(prompts), settings.batch_size)]
     for batch_index, batch_prompts in enumerate(tqdm(batches, desc="quality", unit="batch")):
         batch = encode_chat_prompts(tokenizer, batch_prompts, model.device)
@@ -1177,25 +1179,26 @@ def run_quality_benchmark(
         )
         with torch.inference_mode():
             plain = model.generate(batch.input_ids, recycle_mode=None, do_sample=False, **common)
-            verify = model.generate(
-                batch.input_ids,
-                recycle_mode="verify",
-                num_draft_tokens=settings.num_draft_tokens,
-                do_sample=False,
-                return_dict_in_generate=True,
-                **common,
-            )
+            for k in settings.draft_token_counts:
+                verify = model.generate(
+                    batch.input_ids,
+                    recycle_mode="verify",
+                    num_draft_tokens=k,
+                    do_sample=False,
+                    return_dict_in_generate=True,
+                    **common,
+                )
+                check = compare_outputs(plain, verify.sequences, batch.width, pad_token_id)
+                mismatched_prompts[k] += [
+                    {"prompt": batch_prompts[m["row"]], "first_difference": m["first_difference"]}
+                    for m in check["mismatches"]
+                ]
+                for name in ("row_base_forwards", "new_tokens", "drafted_tokens", "accepted_drafts"):
+                    verify_stats[k][name] += verify.recycle_stats[name]
             text = plain
             if settings.sample_continuations:
                 torch.manual_seed(settings.seed + batch_index)
                 text = model.generate(batch.input_ids, recycle_mode=None, do_sample=True, **common)
-        check = compare_outputs(plain, verify.sequences, batch.width, pad_token_id)
-        mismatched_prompts += [
-            {"prompt": batch_prompts[m["row"]], "first_difference": m["first_difference"]} for m in check["mismatches"]
-        ]
-        for name in ("base_forwards", "new_tokens", "drafted_tokens", "accepted_drafts"):
-            verify_stats[name] += verify.recycle_stats[name]
-        verify_stats["row_forwards"] += verify.recycle_stats["base_forwards"] * batch.batch_size
 
         lengths = continuation_lengths(text[:, batch.width :], eos_token_ids)
         new_positions = torch.arange(text.shape[1] - batch.width, device=text.device).unsqueeze(0)
@@ -1215,10 +1218,17 @@ def run_quality_benchmark(
         "perplexity_standard": math.exp(totals.base_nll / max(1, totals.positions)),
         "perplexity_alternating": math.exp(totals.alternating_nll / max(1, totals.positions)),
         "alternating_module_positions": totals.module_positions,
-        "verify_tokens_per_base_forward": verify_stats["new_tokens"] / max(1, verify_stats["row_forwards"]),
-        "verify_acceptance_rate": verify_stats["accepted_drafts"] / max(1, verify_stats["drafted_tokens"]),
-        "verify_equals_plain": not mismatched_prompts,
-        "verify_mismatched_prompts": mismatched_prompts,
+        # Per k: tokens per base forward counted per row while it generates (batch-independent), greedy.
+        "verify": {
+            str(k): {
+                "tokens_per_base_forward": stats["new_tokens"] / max(1, stats["row_base_forwards"]),
+                "acceptance_rate": stats["accepted_drafts"] / max(1, stats["drafted_tokens"]),
+                "equals_plain": not mismatched_prompts[k],
+                "mismatched_prompts": mismatched_prompts[k],
+            }
+            for k, stats in verify_stats.items()
+        },
+        "verify_equals_plain": not any(mismatched_prompts.values()),
     }
 
 
@@ -1233,9 +1243,13 @@ def _eos_token_ids(model: RecycleGPTForCausalLM) -> list[int]:
 def quality_markdown(results: dict[str, Any]) -> str:
     model, settings = results["model"], results["settings"]
     continuation = "sampled" if settings["sample_continuations"] else "greedy"
-    verdict = (
-        "yes" if results["verify_equals_plain"] else f"NO ({len(results['verify_mismatched_prompts'])} prompts differ)"
-    )
+    verify_rows = []
+    for k, verify in results["verify"].items():
+        verdict = "yes" if verify["equals_plain"] else f"NO ({len(verify['mismatched_prompts'])} prompts differ)"
+        verify_rows.append(
+            f"| verify mode, k={k}: tokens per base forward / draft acceptance / output equals plain on every "
+            f"prompt | {verify['tokens_per_base_forward']:.3f} / {verify['acceptance_rate']:.3f} / {verdict} |"
+        )
     return "\n".join(
         [
             f"# Quality: {model['name']} ({model['module']})",
@@ -1251,10 +1265,7 @@ def quality_markdown(results: dict[str, Any]) -> str:
             f"| module top-1 equal to the text's next token | {results['module_top1_matches_text']:.3f} |",
             f"| perplexity, base alone (standard) | {results['perplexity_standard']:.3f} |",
             f"| perplexity, alternating schedule (teacher-forced) | {results['perplexity_alternating']:.3f} |",
-            f"| verify mode (k={settings['num_draft_tokens']}): tokens per base forward | "
-            f"{results['verify_tokens_per_base_forward']:.3f} |",
-            f"| verify mode: draft acceptance rate | {results['verify_acceptance_rate']:.3f} |",
-            f"| verify output equals plain output on every prompt | {verdict} |",
+            *verify_rows,
             "",
         ]
     )
@@ -1368,7 +1379,12 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="use only the first N prompts")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="continuation length per prompt")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--draft-tokens", type=int, default=DEFAULT_NUM_DRAFT_TOKENS, help="verify-mode k")
+    parser.add_argument(
+        "--draft-tokens",
+        type=_positive_int_list,
+        default=(DEFAULT_NUM_DRAFT_TOKENS,),
+        help="verify-mode k values, e.g. 1,2,3,4 (default: the library's default k)",
+    )
     parser.add_argument(
         "--sample-continuations", action="store_true", help="score sampled (not greedy) base continuations"
     )
@@ -1382,7 +1398,7 @@ def run_quality_command(args: argparse.Namespace) -> int:
     settings = QualitySettings(
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
-        num_draft_tokens=args.draft_tokens,
+        draft_token_counts=args.draft_tokens,
         sample_continuations=args.sample_continuations,
         seed=args.seed,
     )

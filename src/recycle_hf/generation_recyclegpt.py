@@ -69,6 +69,8 @@ class RecycleStats:
     mode: str
     num_draft_tokens: int
     base_forwards: int = 0
+    # Base forwards counted once per row still generating: the per-row rate stays exact when rows end early.
+    row_base_forwards: int = 0
     recycle_forwards: int = 0
     new_tokens: int = 0
     drafted_tokens: int = 0
@@ -77,7 +79,7 @@ class RecycleStats:
 
     def as_dict(self) -> dict[str, Any]:
         stats = dict(self.__dict__)
-        stats["tokens_per_base_forward"] = self.new_tokens / max(1, self.base_forwards * self.batch_size)
+        stats["tokens_per_base_forward"] = self.new_tokens / max(1, self.row_base_forwards)
         stats["acceptance_rate"] = self.accepted_drafts / self.drafted_tokens if self.drafted_tokens else None
         return stats
 
@@ -338,6 +340,7 @@ class RecycleDecoder:
             self.base_cache,
         )
         self.stats.base_forwards += 1
+        self.stats.row_base_forwards += len(self.unfinished_rows)
         scores = self._process(self.model.vocab_logits(states[:, -1]))
         first_tokens, _ = _select_tokens(scores, self.do_sample)
         self.base_length = prompt_length
@@ -358,6 +361,7 @@ class RecycleDecoder:
             self.slot_ids[:, start:end], self.slot_mask[:, :end], self.slot_positions[:, start:end], self.base_cache
         )
         self.stats.base_forwards += 1
+        self.stats.row_base_forwards += len(self.unfinished_rows)
         return states
 
     # ---------------------------------------------------------------------------------------------- module forwards
