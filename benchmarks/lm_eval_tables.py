@@ -3,6 +3,9 @@
 Offline, on the local tasks (../shared/data or $RECYCLE_HF_DATA_DIR), with a document limit per task:
 
     python benchmarks/lm_eval_tables.py --limit 200 --output benchmarks/results/cpu-smollm2/lm_eval.md
+
+`--models rec` reruns only the recycle rows (after retraining the module: `hf` and `std` scores use the base's
+logits alone and do not change).
 """
 
 from __future__ import annotations
@@ -34,17 +37,24 @@ def main() -> None:
     parser.add_argument("--fewshot", default="0,5")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--models", default="hf,std,rec", help="comma-separated subset of hf,std,rec")
     args = parser.parse_args()
+    wanted = set(args.models.split(","))
+    if not wanted <= {"hf", "std", "rec"}:
+        parser.error(f"--models takes a subset of hf,std,rec, got {args.models!r}")
     data_dir = os.environ.get("RECYCLE_HF_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     manager = task_manager(include_defaults=False, metadata={"data_dir": data_dir})
     load_default_base()  # builds the dequantized cache that the `hf` model reads
     model, tokenizer = load_recycle_model()
-    models = {
-        "hf (base)": HFLM(pretrained=str(dequantized_base_dir()), batch_size=args.batch_size, device="cpu",
-                          dtype="float32"),
-        "recyclegpt std": RecycleGPTLM(pretrained=model, tokenizer=tokenizer, mode="std", batch_size=args.batch_size),
-        "recyclegpt rec": RecycleGPTLM(pretrained=model, tokenizer=tokenizer, mode="rec", batch_size=args.batch_size),
+    builders = {
+        "hf": ("hf (base)", lambda: HFLM(pretrained=str(dequantized_base_dir()), batch_size=args.batch_size,
+                                         device="cpu", dtype="float32")),
+        "std": ("recyclegpt std", lambda: RecycleGPTLM(pretrained=model, tokenizer=tokenizer, mode="std",
+                                                       batch_size=args.batch_size)),
+        "rec": ("recyclegpt rec", lambda: RecycleGPTLM(pretrained=model, tokenizer=tokenizer, mode="rec",
+                                                       batch_size=args.batch_size)),
     }
+    models = {name: build() for key, (name, build) in builders.items() if key in wanted}
     rows, raw = [], {}
     for shots in [int(value) for value in args.fewshot.split(",")]:
         for name, lm in models.items():
