@@ -41,7 +41,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 RECYCLE_MODES = (None, "alternate", "verify")
-# Measured with the shipped SmolLM2-135M module (docs/BENCHMARKS.md): with its acceptance (about 0.3 for the first
+# Measured with the shipped SmolLM2-135M module (docs/BENCHMARKS.md): with its acceptance (about 0.44 for the first
 # draft, little after it) one draft gives the best tokens/s at batch 1 and 4; a stronger module wants more.
 DEFAULT_NUM_DRAFT_TOKENS = 1
 _UNSET = object()

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments
 from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import ModelOutput
 
 from .adapter import load_adapter_weights, save_recycle_adapter
@@ -32,6 +32,10 @@ from .modeling_recyclegpt import RecycleGPTForCausalLM, positions_from_attention
 
 
 logger = logging.getLogger(__name__)
+
+_FROZEN_BASE_ONLY = (
+    "Precomputed base states only hold for a frozen base; with LoRA on the base, train on token blocks."
+)
 
 # Per-batch statistics the wrapper returns and `RecycleTrainer` logs (averaged over the logging interval).
 TRAINING_METRICS = ("recycle_loss", "recycle_accuracy", "distill_loss", "base_agreement", "state_loss", "lm_loss")
@@ -88,6 +92,11 @@ class RecycleTrainingOutput(ModelOutput):
     lm_loss: torch.Tensor | None = None
 
 
+def base_is_trainable(model: RecycleGPTForCausalLM) -> bool:
+    """Whether any base parameter trains (LoRA layers); a frozen base gives the same states in every epoch."""
+    return any(parameter.requires_grad for parameter in model.base_lm.parameters())
+
+
 class RecycleTrainingModel(nn.Module):
     """What `Trainer` trains: a [`RecycleGPTForCausalLM`] whose `forward` returns the recyclable module's loss.
 
@@ -117,7 +126,7 @@ class RecycleTrainingModel(nn.Module):
 
     @property
     def base_is_trainable(self) -> bool:
-        return any(parameter.requires_grad for parameter in self.model.base_lm.parameters())
+        return base_is_trainable(self.model)
 
     def train(self, mode: bool = True) -> RecycleTrainingModel:
         super().train(mode)
@@ -146,9 +155,7 @@ class RecycleTrainingModel(nn.Module):
             with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
                 base_states = model.base_step(input_ids, attention_mask, position_ids, None)
         elif base_trainable:
-            raise ValueError(
-                "Precomputed base states only hold for a frozen base; with LoRA on the base, train on token blocks."
-            )
+            raise ValueError(_FROZEN_BASE_ONLY)
         previous_states = model.shift_states(base_states, attention_mask, None)
         module_states = model.recycle_step(input_ids, previous_states, attention_mask, position_ids, None)
 
@@ -163,12 +170,6 @@ class RecycleTrainingModel(nn.Module):
             "recycle_accuracy": (recycle_logits.argmax(-1) == target_ids).float().mean().detach(),
         }
         loss = recycle_loss
-        if self.state_loss_weight > 0:
-            # The module's state at j stands in for h_j when verify mode drafts the token after next.
-            state_loss = F.smooth_l1_loss(
-                module_states[:, :-1][has_target].float(), base_states[:, :-1][has_target].detach().float()
-            )
-            statistics["state_loss"] = state_loss.detach()
         if need_base_logits:
             with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
                 base_logits = model.vocab_logits(base_states[:, :-1][has_target]).float()
@@ -182,7 +183,12 @@ class RecycleTrainingModel(nn.Module):
                 loss = loss + self.lm_loss_weight * lm_loss
                 statistics["lm_loss"] = lm_loss.detach()
         if self.state_loss_weight > 0:
+            # The module's state at j stands in for h_j when verify mode drafts the token after next.
+            state_loss = F.smooth_l1_loss(
+                module_states[:, :-1][has_target].float(), base_states[:, :-1][has_target].detach().float()
+            )
             loss = loss + self.state_loss_weight * state_loss
+            statistics["state_loss"] = state_loss.detach()
         # Built in one go: a ModelOutput only lists (and DDP only sees) the fields given to its constructor.
         return RecycleTrainingOutput(loss=loss, **statistics)
 
@@ -323,10 +329,8 @@ class BaseStateDataset(Dataset):
         cls, model: RecycleGPTForCausalLM, blocks: Dataset, batch_size: int = 8, desc: str = "base states"
     ) -> BaseStateDataset:
         """Run `model`'s base over every block of `blocks` (items with `input_ids` and `attention_mask`)."""
-        if any(parameter.requires_grad for parameter in model.base_lm.parameters()):
-            raise ValueError(
-                "Precomputed base states only hold for a frozen base; with LoRA on the base, train on token blocks."
-            )
+        if base_is_trainable(model):
+            raise ValueError(_FROZEN_BASE_ONLY)
         was_training = model.base_lm.training
         model.base_lm.eval()
         device = model.get_output_embeddings().weight.device
@@ -364,8 +368,8 @@ def train_recycle_module(
     `args.output_dir`. `resume_from_checkpoint=True` continues from the last checkpoint in `args.output_dir`.
 
     Items of the datasets are dicts with `input_ids`, `attention_mask` and `labels` (-100 = no target), e.g. a
-    `recycle_hf.data.TokenBlockDataset`, optionally with the base's `base_states` (a [`BaseStateDataset`]). Returns the trainer: `trainer.state.log_history` holds the logged losses and
-    accuracies.
+    `recycle_hf.data.TokenBlockDataset`, optionally with the base's `base_states` (a [`BaseStateDataset`]).
+    Returns the trainer: `trainer.state.log_history` holds the logged losses and accuracies.
     """
     trainer = RecycleTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks

@@ -153,7 +153,10 @@ def run(args: argparse.Namespace) -> int:
     )
     result = trainer.train(resume_from_checkpoint=args.resume)
     trainer.save_model()
-    if eval_dataset is not None:
+    evaluated_last_step = any(
+        "eval_loss" in log and log["step"] == trainer.state.global_step for log in trainer.state.log_history
+    )
+    if eval_dataset is not None and not evaluated_last_step:
         trainer.evaluate()
     if trainer.is_world_process_zero():
         # Blocks are full except possibly the last one, so samples/s times the block size is the token rate.
