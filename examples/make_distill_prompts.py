@@ -10,10 +10,14 @@ Training prompts mix four kinds, so that the module sees the registers the assis
 tasks (rewrite, continue, translate).
 
     python examples/make_distill_prompts.py   # writes examples/data/{train,heldout}_prompts.txt
+
+Larger sets (a superset of the default one, for a GPU run) come from every template x topic pair and more word
+problems, e.g. `--topic-prompts 8520 --word-problems 600 --train-output work/train_prompts_large.txt`.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import random
 from pathlib import Path
@@ -187,19 +191,28 @@ def build_word_problems(count: int, seed: int) -> list[str]:
     return sorted(prompts)
 
 
-def build_training_prompts(seed: int = 0) -> list[str]:
-    topic_prompts = build_prompts(TRAIN_TEMPLATES, TRAIN_TOPICS, seed)[:NUM_TOPIC_PROMPTS]
+def build_training_prompts(
+    seed: int = 0, num_topic_prompts: int = NUM_TOPIC_PROMPTS, num_word_problems: int = NUM_WORD_PROBLEMS
+) -> list[str]:
+    topic_prompts = build_prompts(TRAIN_TEMPLATES, TRAIN_TOPICS, seed)[:num_topic_prompts]
     code_prompts = [template.format(task=task) for template, task in itertools.product(CODE_TEMPLATES, CODE_TASKS)]
-    prompts = topic_prompts + code_prompts + WRITING_TASKS + build_word_problems(NUM_WORD_PROBLEMS, seed)
+    prompts = topic_prompts + code_prompts + WRITING_TASKS + build_word_problems(num_word_problems, seed)
     random.Random(seed).shuffle(prompts)
     return prompts
 
 
 def main() -> None:
-    assert not set(TRAIN_TOPICS) & set(HELDOUT_TOPICS), "training and held-out topics must be disjoint"
     folder = Path(__file__).parent / "data"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--topic-prompts", type=int, default=NUM_TOPIC_PROMPTS, help="template x topic prompts")
+    parser.add_argument("--word-problems", type=int, default=NUM_WORD_PROBLEMS)
+    parser.add_argument("--train-output", type=Path, default=folder / "train_prompts.txt")
+    args = parser.parse_args()
+    assert not set(TRAIN_TOPICS) & set(HELDOUT_TOPICS), "training and held-out topics must be disjoint"
     folder.mkdir(exist_ok=True)
-    (folder / "train_prompts.txt").write_text("\n".join(build_training_prompts()) + "\n")
+    args.train_output.parent.mkdir(parents=True, exist_ok=True)
+    prompts = build_training_prompts(num_topic_prompts=args.topic_prompts, num_word_problems=args.word_problems)
+    args.train_output.write_text("\n".join(prompts) + "\n")
     (folder / "heldout_prompts.txt").write_text("\n".join(build_prompts(HELDOUT_TEMPLATES, HELDOUT_TOPICS, 1)) + "\n")
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from recycle_hf import defaults, load_recycle_adapter
+from recycle_hf import DEFAULT_NUM_DRAFT_TOKENS, defaults, load_recycle_adapter
 from recycle_hf.bench import QualityTotals, score_continuations
 from recycle_hf.distill import format_prompt
 from recycle_hf.loading import load_recycle_model
@@ -50,14 +50,17 @@ def test_trained_module_verify_equals_plain_and_accepts_drafts(default_model):
     output = model.generate(**single, max_new_tokens=48, do_sample=False, recycle_mode="verify",
                             return_dict_in_generate=True)
     assert torch.equal(output.sequences, model.generate(**single, max_new_tokens=48, do_sample=False))
-    # A floor that an untrained module (1.0) cannot reach; the measured numbers live in docs/BENCHMARKS.md.
-    assert output.recycle_stats["tokens_per_base_forward"] > 1.3
+    # A floor that an untrained module (1.0) cannot reach (1.6 on this prompt with the default k=3); the measured
+    # numbers, all 48 held-out prompts, live in docs/BENCHMARKS.md.
+    assert output.recycle_stats["num_draft_tokens"] == DEFAULT_NUM_DRAFT_TOKENS
+    assert output.recycle_stats["tokens_per_base_forward"] > 1.4
 
 
 def test_trained_module_agrees_with_the_base_on_held_out_text(default_model):
     """Teacher-forced on the base's own greedy answers to held-out prompts: the module's top-1 equals the base's.
 
-    A floor under the measured 0.454 (all 48 prompts, docs/BENCHMARKS.md); an untrained module scores about 0.
+    A floor under the measured 0.566 (all 48 prompts, docs/BENCHMARKS.md; 0.50 on these four); an untrained module
+    scores about 0.
     """
     model, tokenizer = default_model
     tokenizer.padding_side = "left"
@@ -69,7 +72,7 @@ def test_trained_module_agrees_with_the_base_on_held_out_text(default_model):
     totals = QualityTotals()
     score_continuations(model, sequences, attention_mask, width, totals)
     assert totals.positions == 4 * 32
-    assert totals.module_agrees_with_base / totals.positions > 0.35
+    assert totals.module_agrees_with_base / totals.positions > 0.45
 
 
 def test_load_recycle_model_defaults_to_smollm2_with_the_shipped_module():

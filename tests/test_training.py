@@ -16,17 +16,19 @@ from conftest import EOS, PAD, left_padded_batch, tiny_base_config, tiny_base_mo
 from ddp_train_worker import permutation_chain_blocks, tiny_training_arguments
 from peft import LoraConfig
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerFast
 
 from recycle_hf import graft_recycle_module, load_recycle_adapter
 from recycle_hf.adapter import add_base_lora
 from recycle_hf.cli import main as cli_main
 from recycle_hf.data import TokenBlockDataset, load_token_blocks, read_documents, resolve_data_files, tokenize_documents
 from recycle_hf.draft_vocabulary import frequent_token_ids
+from recycle_hf.modeling_recyclegpt import positions_from_attention_mask
 from recycle_hf.training import (
     BaseStateDataset,
     RecycleTrainer,
     RecycleTrainingModel,
+    chained_module_states,
     soft_target_kl,
     train_recycle_module,
 )
@@ -209,6 +211,99 @@ def test_state_loss_pulls_module_states_towards_the_base_states():
     # Without the weight the term is neither computed nor logged.
     assert RecycleTrainingModel(model).eval()(**batch).state_loss is None
 
+
+
+def _draft_chain_as_verify_mode_runs_it(model, batch, position_ids, end: int, depth: int) -> torch.Tensor:
+    """The module's state for the `depth`-th draft of a chain ending at position `end`, drafted incrementally.
+
+    Verify mode first catches the module up on every column the base has finished (true base states, ending with
+    the newest token at `end - depth + 1`), then drafts one token at a time from its own previous state.
+    """
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    base_states = model.base_step(input_ids, attention_mask, position_ids, None)
+    previous = model.shift_states(base_states, attention_mask, None)
+    cache = DynamicCache(config=model.recycle_module.config)
+    newest = end - depth + 1
+    states = model.recycle_step(
+        input_ids[:, : newest + 1],
+        previous[:, : newest + 1],
+        attention_mask[:, : newest + 1],
+        position_ids[:, : newest + 1],
+        cache,
+    )[:, -1:]
+    for column in range(newest + 1, end + 1):
+        states = model.recycle_step(
+            input_ids[:, column : column + 1],
+            states,
+            attention_mask[:, : column + 1],
+            position_ids[:, column : column + 1],
+            cache,
+        )
+    return states[:, 0]
+
+
+@pytest.mark.parametrize("family", ["llama", "opt-350m-style"])
+def test_chained_training_states_are_exactly_verify_modes_chained_drafts(family):
+    model = graft_recycle_module(tiny_base_model(family), num_layers=2, init="random").eval()
+    input_ids, attention_mask = left_padded_batch([10, 7, 9], seed=5)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    position_ids = positions_from_attention_mask(attention_mask, input_ids.shape[1])
+    with torch.no_grad():
+        base_states = model.base_step(input_ids, attention_mask, position_ids, None)
+        states_per_depth = chained_module_states(model, input_ids, base_states, attention_mask, position_ids, 3)
+
+        compared = 0
+        for depth, states in enumerate(states_per_depth, start=1):
+            for end in range(input_ids.shape[1]):
+                # Rows whose chain of `depth` drafts ending here starts at or after the zero state before the prompt.
+                rows = attention_mask[:, end].bool() & (position_ids[:, end] >= depth - 1)
+                if not rows.any():
+                    continue
+                expected = _draft_chain_as_verify_mode_runs_it(model, batch, position_ids, end, depth)
+                torch.testing.assert_close(states[rows, end], expected[rows], rtol=1e-4, atol=1e-5)
+                compared += int(rows.sum())
+    assert compared == 26 + 23 + 20
+    # A deeper chain reads different inputs, so its states differ from the single-draft ones.
+    assert not torch.allclose(states_per_depth[1][:, 5:], states_per_depth[0][:, 5:], atol=1e-3)
+
+
+def test_chained_training_loss_adds_decayed_losses_of_each_depth():
+    model = graft_recycle_module(tiny_base_model("llama"), init="random").eval()
+    batch = _right_padded_batch()
+    wrapper = RecycleTrainingModel(
+        model, distill_weight=0.5, state_loss_weight=0.3, draft_depth=3, draft_depth_decay=0.5
+    )
+    outputs = wrapper.eval()(**batch)
+    single = RecycleTrainingModel(model, distill_weight=0.5, state_loss_weight=0.3).eval()(**batch)
+
+    attention_mask = batch["attention_mask"]
+    position_ids = positions_from_attention_mask(attention_mask, 9)
+    with torch.no_grad():
+        base_states = model.base_step(batch["input_ids"], attention_mask, position_ids, None)
+        states_per_depth = chained_module_states(
+            model, batch["input_ids"], base_states, attention_mask, position_ids, 3
+        )
+    has_target = batch["labels"][:, 1:] != -100
+    expected_loss = 0.0
+    for depth, states in enumerate(states_per_depth, start=1):
+        kept = has_target & attention_mask[:, :-1].bool() & (position_ids[:, :-1] >= depth - 1)
+        student = model.vocab_logits(states[:, :-1][kept])
+        teacher = model.vocab_logits(base_states[:, :-1][kept])
+        cross_entropy = F.cross_entropy(student, batch["labels"][:, 1:][kept])
+        state_loss = F.smooth_l1_loss(states[:, :-1][kept], base_states[:, :-1][kept])
+        depth_loss = 0.5 * cross_entropy + 0.5 * soft_target_kl(student, teacher) + 0.3 * state_loss
+        expected_loss = expected_loss + 0.5 ** (depth - 1) * depth_loss
+        if depth == 2:
+            expected_second = (student.argmax(-1) == teacher.argmax(-1)).float().mean()
+
+    torch.testing.assert_close(outputs.loss, expected_loss)
+    torch.testing.assert_close(outputs.second_draft_agreement, expected_second)
+    # The logged statistics stay those of the first draft, so runs with and without chains compare.
+    for name in ("recycle_loss", "recycle_accuracy", "distill_loss", "base_agreement", "state_loss"):
+        torch.testing.assert_close(getattr(outputs, name), getattr(single, name))
+    assert single.second_draft_agreement is None
+    with pytest.raises(ValueError, match="draft_depth must be >= 1"):
+        tiny_training_arguments("unused", draft_depth=0)
 
 def test_precomputed_base_states_are_refused_for_a_trainable_base():
     model = graft_recycle_module(tiny_base_model("llama"))
@@ -427,7 +522,7 @@ def test_train_command_with_precomputed_states_trains_the_same_module_and_report
     command = [
         "train", "--base", str(base_dir), "--data", str(tmp_path / "train.jsonl"), "--block-size", "16",
         "--batch-size", "4", "--max-steps", "5", "--distill-weight", "0.5", "--state-loss-weight", "0.5",
-        "--init", "random", "--eval-data", str(tmp_path / "heldout.jsonl"),
+        "--init", "random", "--eval-data", str(tmp_path / "heldout.jsonl"), "--draft-depth", "2",
     ]
 
     assert cli_main([*command, "--output", str(tmp_path / "live")]) == 0
@@ -442,6 +537,7 @@ def test_train_command_with_precomputed_states_trains_the_same_module_and_report
         torch.testing.assert_close(precomputed[name], live[name], rtol=1e-4, atol=1e-5)
     for printed in (live_printed, precomputed_printed):
         assert "Held-out: recycle_loss" in printed and "agreement with the base" in printed
+        assert "second chained draft's agreement" in printed
     held_out_line = lambda printed: next(line for line in printed.splitlines() if line.startswith("Held-out"))
     assert held_out_line(live_printed) == held_out_line(precomputed_printed)
 

@@ -41,9 +41,10 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 RECYCLE_MODES = (None, "alternate", "verify")
-# Measured with the shipped SmolLM2-135M module (docs/BENCHMARKS.md): with its acceptance (about 0.44 for the first
-# draft, little after it) one draft gives the best tokens/s at batch 1 and 4; a stronger module wants more.
-DEFAULT_NUM_DRAFT_TOKENS = 1
+# Measured with the shipped SmolLM2-135M module (docs/BENCHMARKS.md): trained on chained drafts, it makes 1.95 tokens
+# per base forward at k=3 (1.54 at k=1), and k=3 gives the best verify tokens/s on the CPU at batch 1 (within noise
+# of k=2 at batch 4); on a GPU, where a forward over 4 tokens costs about one over 1, more drafts pay even more.
+DEFAULT_NUM_DRAFT_TOKENS = 3
 _UNSET = object()
 
 # Processors whose output does not depend on `input_ids`: they can run on a whole ragged batch at once.

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,9 @@ class RecycleModule(nn.Module):
         position_ids: torch.Tensor,
         cache: DynamicCache | None,
         rotary_embedding: nn.Module | None,
+        mask_function: Callable | None = None,
     ) -> torch.Tensor:
+        """`mask_function(batch_idx, head_idx, q_idx, kv_idx)`, if given, further restricts the causal mask."""
         hidden_states = self.eh_proj(torch.cat([self.enorm(token_embeddings), self.hnorm(previous_states)], dim=-1))
         causal_mask = create_causal_mask(
             config=self.config,
@@ -160,6 +163,7 @@ class RecycleModule(nn.Module):
             attention_mask=attention_mask,
             cache=cache,
             position_ids=position_ids,
+            and_mask_function=mask_function,
         )
         block_kwargs: dict[str, Any] = {
             "attention_mask": causal_mask,
@@ -348,8 +352,13 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         cache: DynamicCache | None,
+        mask_function: Callable | None = None,
     ) -> torch.Tensor:
-        """Run the module over new pairs (h_{j-1}, x_j); returns states in the LM head's input space."""
+        """Run the module over new pairs (h_{j-1}, x_j); returns states in the LM head's input space.
+
+        `mask_function` (see `create_causal_mask`'s `and_mask_function`) narrows which pairs each pair attends to;
+        training uses it to run chained drafts in one call.
+        """
         token_embeddings = self.to_hidden_size(self.get_input_embeddings()(input_ids))
         states = self.recycle_module(
             token_embeddings,
@@ -358,6 +367,7 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
             position_ids=position_ids,
             cache=cache,
             rotary_embedding=self.rotary_embedding,
+            mask_function=mask_function,
         )
         return self.from_hidden_size(states)
 

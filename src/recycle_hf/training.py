@@ -7,6 +7,8 @@ default, head-only training) the base runs once per batch under `torch.no_grad()
 layers, and its final states feed the module directly. The same base forward gives the base's own next-token
 distribution, the soft targets of the optional distillation loss. Because a frozen base gives the same states in
 every epoch, [`BaseStateDataset`] can compute them once up front; each later step then costs only the module.
+With `draft_depth` > 1 the module is also trained on its own chained drafts, exactly as verify mode runs them
+([`chained_module_states`]), so that its second and later drafts are accepted too.
 
 Checkpoints and the final output are recycle adapters (see `recycle_hf.adapter`); `Trainer` adds its optimizer,
 scheduler and RNG states to checkpoints so that training resumes where it stopped.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +40,26 @@ _FROZEN_BASE_ONLY = (
     "Precomputed base states only hold for a frozen base; with LoRA on the base, train on token blocks."
 )
 
+# The fields of `RecycleTrainingArguments` (and options of `recycle-hf train`) that `RecycleTrainingModel` takes.
+LOSS_SETTINGS = (
+    "distill_weight",
+    "distill_temperature",
+    "lm_loss_weight",
+    "state_loss_weight",
+    "draft_depth",
+    "draft_depth_decay",
+)
+
 # Per-batch statistics the wrapper returns and `RecycleTrainer` logs (averaged over the logging interval).
-TRAINING_METRICS = ("recycle_loss", "recycle_accuracy", "distill_loss", "base_agreement", "state_loss", "lm_loss")
+TRAINING_METRICS = (
+    "recycle_loss",
+    "recycle_accuracy",
+    "distill_loss",
+    "base_agreement",
+    "second_draft_agreement",
+    "state_loss",
+    "lm_loss",
+)
 
 
 @dataclass
@@ -60,12 +81,21 @@ class RecycleTrainingArguments(TrainingArguments):
         lm_loss_weight (`float`, defaults to 1.0):
             With LoRA on the base, weight of the base's own cross-entropy added to the loss (keeps the base a good
             language model while it adapts to the module). Unused when the base is frozen.
+        draft_depth (`int`, defaults to 1):
+            Train the module as verify mode chains it, up to this many drafts in a row: at depth d > 1 the module
+            reads its own depth d-1 output state in place of the base's and attends to the same cache entries as
+            when drafting (EAGLE-3's training-time test; see [`chained_module_states`]). 1 trains single drafts
+            (and the alternating mode) only.
+        draft_depth_decay (`float`, defaults to 0.8):
+            The loss at depth d is weighted by `draft_depth_decay ** (d - 1)`.
     """
 
     distill_weight: float = field(default=0.0, metadata={"help": "Weight of the KL loss to the base's distribution."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Temperature of the distillation loss."})
     state_loss_weight: float = field(default=0.0, metadata={"help": "Weight of the state regression loss."})
     lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the base's LM loss when LoRA trains."})
+    draft_depth: int = field(default=1, metadata={"help": "Chained drafts trained per position (training-time test)."})
+    draft_depth_decay: float = field(default=0.8, metadata={"help": "Loss weight ratio between successive depths."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -77,6 +107,10 @@ class RecycleTrainingArguments(TrainingArguments):
             raise ValueError(f"lm_loss_weight must be >= 0, got {self.lm_loss_weight}.")
         if self.state_loss_weight < 0:
             raise ValueError(f"state_loss_weight must be >= 0, got {self.state_loss_weight}.")
+        if self.draft_depth < 1:
+            raise ValueError(f"draft_depth must be >= 1 (1 trains single drafts), got {self.draft_depth}.")
+        if self.draft_depth_decay <= 0:
+            raise ValueError(f"draft_depth_decay must be > 0, got {self.draft_depth_decay}.")
 
 
 @dataclass
@@ -90,6 +124,12 @@ class RecycleTrainingOutput(ModelOutput):
     base_agreement: torch.Tensor | None = None
     state_loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
+    second_draft_agreement: torch.Tensor | None = None
+
+
+def loss_settings(arguments: Any) -> dict[str, Any]:
+    """The `LOSS_SETTINGS` of `arguments` (training arguments or parsed command-line options) by name."""
+    return {name: getattr(arguments, name) for name in LOSS_SETTINGS}
 
 
 def base_is_trainable(model: RecycleGPTForCausalLM) -> bool:
@@ -116,6 +156,8 @@ class RecycleTrainingModel(nn.Module):
         distill_temperature: float = 1.0,
         lm_loss_weight: float = 1.0,
         state_loss_weight: float = 0.0,
+        draft_depth: int = 1,
+        draft_depth_decay: float = 0.8,
     ):
         super().__init__()
         self.model = model
@@ -123,6 +165,8 @@ class RecycleTrainingModel(nn.Module):
         self.distill_temperature = distill_temperature
         self.lm_loss_weight = lm_loss_weight
         self.state_loss_weight = state_loss_weight
+        self.draft_depth = draft_depth
+        self.draft_depth_decay = draft_depth_decay
 
     @property
     def base_is_trainable(self) -> bool:
@@ -156,41 +200,121 @@ class RecycleTrainingModel(nn.Module):
                 base_states = model.base_step(input_ids, attention_mask, position_ids, None)
         elif base_trainable:
             raise ValueError(_FROZEN_BASE_ONLY)
-        previous_states = model.shift_states(base_states, attention_mask, None)
-        module_states = model.recycle_step(input_ids, previous_states, attention_mask, position_ids, None)
+        states_per_depth = chained_module_states(
+            model, input_ids, base_states, attention_mask, position_ids, self.draft_depth
+        )
 
         # Both outputs at position j predict token j+1; only positions with a target enter the losses.
         targets = labels[:, 1:]
         has_target = targets != -100
         target_ids = targets[has_target]
-        recycle_logits = model.vocab_logits(module_states[:, :-1][has_target]).float()
+        target_base_states = base_states[:, :-1][has_target].detach()
+        base_logits = None
+        if need_base_logits:
+            with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
+                base_logits = model.vocab_logits(base_states[:, :-1][has_target]).float()
+        loss = 0.0
+        statistics: dict[str, torch.Tensor] = {}
+        for depth, module_states in enumerate(states_per_depth, start=1):
+            # Real positions j whose chain of `depth` drafts starts from the base state at j - depth or from the
+            # zero state before the first token.
+            in_chain = (attention_mask[:, :-1].bool() & (position_ids[:, :-1] >= depth - 1))[has_target]
+            depth_loss, depth_statistics = self._module_loss(
+                module_states[:, :-1][has_target][in_chain],
+                target_ids[in_chain],
+                base_logits[in_chain].detach() if base_logits is not None else None,
+                target_base_states[in_chain],
+            )
+            loss = loss + self.draft_depth_decay ** (depth - 1) * depth_loss
+            if depth == 1:
+                statistics.update(depth_statistics)
+            elif depth == 2 and "base_agreement" in depth_statistics:
+                statistics["second_draft_agreement"] = depth_statistics["base_agreement"]
+        if base_trainable:
+            lm_loss = F.cross_entropy(base_logits, target_ids)
+            loss = loss + self.lm_loss_weight * lm_loss
+            statistics["lm_loss"] = lm_loss.detach()
+        # Built in one go: a ModelOutput only lists (and DDP only sees) the fields given to its constructor.
+        return RecycleTrainingOutput(loss=loss, **statistics)
+
+    def _module_loss(
+        self,
+        module_states: torch.Tensor,
+        target_ids: torch.Tensor,
+        base_logits: torch.Tensor | None,
+        base_states: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The module's loss at one draft depth, over [tokens, dim] states, and its detached statistics."""
+        recycle_logits = self.model.vocab_logits(module_states).float()
         recycle_loss = F.cross_entropy(recycle_logits, target_ids)
         statistics = {
             "recycle_loss": recycle_loss.detach(),
             "recycle_accuracy": (recycle_logits.argmax(-1) == target_ids).float().mean().detach(),
         }
         loss = recycle_loss
-        if need_base_logits:
-            with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
-                base_logits = model.vocab_logits(base_states[:, :-1][has_target]).float()
+        if base_logits is not None:
             statistics["base_agreement"] = (recycle_logits.argmax(-1) == base_logits.argmax(-1)).float().mean().detach()
             if self.distill_weight > 0:
-                distill_loss = soft_target_kl(recycle_logits, base_logits.detach(), self.distill_temperature)
+                distill_loss = soft_target_kl(recycle_logits, base_logits, self.distill_temperature)
                 loss = (1 - self.distill_weight) * recycle_loss + self.distill_weight * distill_loss
                 statistics["distill_loss"] = distill_loss.detach()
-            if base_trainable:
-                lm_loss = F.cross_entropy(base_logits, target_ids)
-                loss = loss + self.lm_loss_weight * lm_loss
-                statistics["lm_loss"] = lm_loss.detach()
         if self.state_loss_weight > 0:
             # The module's state at j stands in for h_j when verify mode drafts the token after next.
-            state_loss = F.smooth_l1_loss(
-                module_states[:, :-1][has_target].float(), base_states[:, :-1][has_target].detach().float()
-            )
+            state_loss = F.smooth_l1_loss(module_states.float(), base_states.float())
             loss = loss + self.state_loss_weight * state_loss
             statistics["state_loss"] = state_loss.detach()
-        # Built in one go: a ModelOutput only lists (and DDP only sees) the fields given to its constructor.
-        return RecycleTrainingOutput(loss=loss, **statistics)
+        return loss, statistics
+
+
+def chained_draft_mask(block_length: int) -> Callable:
+    """Attention of `copies` stacked copies of a block of `block_length` pairs (see [`chained_module_states`]).
+
+    Copy c (0-based) at position j stands for the c-th draft after the first of a verify-mode chain that began at
+    position j - c. When drafting, the module's cache then holds entries computed from true base states up to
+    position j - c (copy 0) and the chain's own entries at j - c + 1 .. j, one from each copy 1 .. c.
+    """
+
+    def mask(batch_idx: torch.Tensor, head_idx: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor):
+        q_copy, q_position = q_idx // block_length, q_idx % block_length
+        kv_copy, kv_position = kv_idx // block_length, kv_idx % block_length
+        lag = q_copy - kv_copy
+        in_chain = (lag >= 0) & (kv_position == q_position - lag)
+        true_context = (kv_copy == 0) & (kv_position < q_position - q_copy)
+        return in_chain | true_context
+
+    return mask
+
+
+def chained_module_states(
+    model: RecycleGPTForCausalLM,
+    input_ids: torch.LongTensor,
+    base_states: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.LongTensor,
+    depth: int,
+) -> list[torch.Tensor]:
+    """The module's output states at draft depths 1..`depth`, for every position, exactly as verify mode chains them.
+
+    Depth 1 reads the base's states (h_{j-1}, x_j). Depth d > 1 reads the module's own depth d-1 state at j-1 in
+    place of h_{j-1}, and attends as a chain's d-th draft does: to entries from true states up to j - d + 1 and to
+    the chain's own entries after that. The copies run as one sequence under [`chained_draft_mask`]; depth d
+    recomputes depths < d (the module is small next to the LM head) and gradients flow through the whole chain.
+    """
+    previous_per_depth = [model.shift_states(base_states, attention_mask, None)]
+    states = [model.recycle_step(input_ids, previous_per_depth[0], attention_mask, position_ids, None)]
+    block_length = input_ids.shape[1]
+    for copies in range(2, depth + 1):
+        previous_per_depth.append(model.shift_states(states[-1], attention_mask, None))
+        chained = model.recycle_step(
+            input_ids.repeat(1, copies),
+            torch.cat(previous_per_depth, dim=1),
+            attention_mask.repeat(1, copies),
+            position_ids.repeat(1, copies),
+            None,
+            mask_function=chained_draft_mask(block_length),
+        )
+        states.append(chained[:, -block_length:])
+    return states
 
 
 def soft_target_kl(
@@ -234,9 +358,7 @@ class RecycleTrainer(Trainer):
             )
         self.recycle_model = model
         self.base_model_name_or_path = base_model_name_or_path
-        wrapper = RecycleTrainingModel(
-            model, args.distill_weight, args.distill_temperature, args.lm_loss_weight, args.state_loss_weight
-        )
+        wrapper = RecycleTrainingModel(model, **loss_settings(args))
         super().__init__(model=wrapper, args=args, **kwargs)
         self._metric_sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
         self._metric_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
@@ -385,6 +507,7 @@ __all__ = [
     "RecycleTrainingArguments",
     "RecycleTrainingModel",
     "RecycleTrainingOutput",
+    "chained_module_states",
     "soft_target_kl",
     "train_recycle_module",
 ]

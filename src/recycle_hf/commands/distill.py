@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from transformers import set_seed
+
 from ..distill import distill_continuations, read_prompts
 from ..loading import add_base_arguments, load_base_from_args
 
@@ -22,9 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (makes --do-sample reproducible)")
 
 
 def run(args: argparse.Namespace) -> int:
+    set_seed(args.seed)
     model, tokenizer = load_base_from_args(args)
     prompts = read_prompts(args.prompts)[: args.limit]
     sampling = {"do_sample": True, "temperature": args.temperature} if args.do_sample else {"do_sample": False}

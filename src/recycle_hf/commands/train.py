@@ -12,7 +12,7 @@ from ..defaults import DEFAULT_BASE_NAME
 from ..draft_vocabulary import frequent_token_ids
 from ..graft import DEFAULT_GRAFT_INIT, GRAFT_INITS, graft_recycle_module
 from ..loading import DEFAULT_BASE, add_base_arguments, load_base_from_args
-from ..training import BaseStateDataset, RecycleTrainer, RecycleTrainingArguments
+from ..training import BaseStateDataset, RecycleTrainer, RecycleTrainingArguments, loss_settings
 
 
 HELP = (
@@ -55,6 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="weight of a smooth-L1 loss pulling the module's states towards the base's (better chained drafts)",
+    )
+    parser.add_argument(
+        "--draft-depth",
+        type=int,
+        default=1,
+        help="train up to N chained drafts per position, the module reading its own states as verify mode does "
+        "(training-time test; costs about N module passes per step). Default 1",
+    )
+    parser.add_argument(
+        "--draft-depth-decay", type=float, default=0.8, help="loss weight of depth d is DECAY**(d-1) (default 0.8)"
     )
     parser.add_argument(
         "--precompute-base-states",
@@ -135,10 +145,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         use_cpu=args.device == "cpu",
         report_to="none",
-        distill_weight=args.distill_weight,
-        distill_temperature=args.distill_temperature,
-        lm_loss_weight=args.lm_loss_weight,
-        state_loss_weight=args.state_loss_weight,
+        **loss_settings(args),
         eval_strategy="steps" if eval_dataset is not None and args.eval_steps else "no",
         eval_steps=args.eval_steps,
         per_device_eval_batch_size=args.batch_size,
@@ -164,11 +171,14 @@ def run(args: argparse.Namespace) -> int:
         last_log = next((log for log in reversed(trainer.state.log_history) if "recycle_loss" in log), {})
         eval_log = next((log for log in reversed(trainer.state.log_history) if "eval_loss" in log), None)
         if eval_log is not None:
-            print(
-                f"Held-out: recycle_loss {eval_log.get('eval_recycle_loss', float('nan')):.3f}, top-1 accuracy "
-                f"{eval_log.get('eval_recycle_accuracy', float('nan')):.3f}, agreement with the base "
-                f"{eval_log.get('eval_base_agreement', float('nan')):.3f}."
-            )
+            held_out = [
+                f"recycle_loss {eval_log.get('eval_recycle_loss', float('nan')):.3f}",
+                f"top-1 accuracy {eval_log.get('eval_recycle_accuracy', float('nan')):.3f}",
+                f"agreement with the base {eval_log.get('eval_base_agreement', float('nan')):.3f}",
+            ]
+            if "eval_second_draft_agreement" in eval_log:
+                held_out.append(f"second chained draft's agreement {eval_log['eval_second_draft_agreement']:.3f}")
+            print("Held-out: " + ", ".join(held_out) + ".")
         print(
             f"Trained to step {result.global_step} in {result.metrics['train_runtime']:.0f} s "
             f"({tokens_per_second:.0f} tokens/s); last recycle_loss {last_log.get('recycle_loss', float('nan')):.3f}, "
