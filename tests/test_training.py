@@ -304,6 +304,10 @@ def test_chained_training_loss_adds_decayed_losses_of_each_depth():
     assert single.second_draft_agreement is None
     with pytest.raises(ValueError, match="draft_depth must be >= 1"):
         tiny_training_arguments("unused", draft_depth=0)
+    # Flash attention would silently drop the chained mask: refused, with what to do.
+    model.recycle_module.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
+        wrapper(**batch)
 
 def test_precomputed_base_states_are_refused_for_a_trainable_base():
     model = graft_recycle_module(tiny_base_model("llama"))

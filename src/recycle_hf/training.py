@@ -266,6 +266,10 @@ class RecycleTrainingModel(nn.Module):
         return loss, statistics
 
 
+# Attention implementations that apply `chained_draft_mask` (flash attention takes only causal and padding masks).
+_CUSTOM_MASK_ATTENTION = ("eager", "sdpa", "flex_attention")
+
+
 def chained_draft_mask(block_length: int) -> Callable:
     """Attention of `copies` stacked copies of a block of `block_length` pairs (see [`chained_module_states`]).
 
@@ -300,6 +304,13 @@ def chained_module_states(
     the chain's own entries after that. The copies run as one sequence under [`chained_draft_mask`]; depth d
     recomputes depths < d (the module is small next to the LM head) and gradients flow through the whole chain.
     """
+    attention = model.recycle_module.config._attn_implementation
+    if depth > 1 and attention not in _CUSTOM_MASK_ATTENTION:
+        raise ValueError(
+            f"Training chained drafts (draft_depth > 1) needs an attention that takes a custom mask "
+            f"({', '.join(_CUSTOM_MASK_ATTENTION)}); the module uses {attention!r}. Load the base with "
+            f"attn_implementation='sdpa', or train with draft_depth=1."
+        )
     previous_per_depth = [model.shift_states(base_states, attention_mask, None)]
     states = [model.recycle_step(input_ids, previous_per_depth[0], attention_mask, position_ids, None)]
     block_length = input_ids.shape[1]
