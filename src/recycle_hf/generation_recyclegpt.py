@@ -78,6 +78,10 @@ class RecycleStats:
     accepted_drafts: int = 0
     tokens_per_row: list[int] = field(default_factory=list)
 
+    def count_base_forward(self, generating_rows: int) -> None:
+        self.base_forwards += 1
+        self.row_base_forwards += generating_rows
+
     def as_dict(self) -> dict[str, Any]:
         stats = dict(self.__dict__)
         stats["tokens_per_base_forward"] = self.new_tokens / max(1, self.row_base_forwards)
@@ -340,8 +344,7 @@ class RecycleDecoder:
             self.slot_positions[:, :prompt_length],
             self.base_cache,
         )
-        self.stats.base_forwards += 1
-        self.stats.row_base_forwards += len(self.unfinished_rows)
+        self.stats.count_base_forward(len(self.unfinished_rows))
         scores = self._process(self.model.vocab_logits(states[:, -1]))
         first_tokens, _ = _select_tokens(scores, self.do_sample)
         self.base_length = prompt_length
@@ -361,8 +364,7 @@ class RecycleDecoder:
         states = self.model.base_step(
             self.slot_ids[:, start:end], self.slot_mask[:, :end], self.slot_positions[:, start:end], self.base_cache
         )
-        self.stats.base_forwards += 1
-        self.stats.row_base_forwards += len(self.unfinished_rows)
+        self.stats.count_base_forward(len(self.unfinished_rows))
         return states
 
     # ---------------------------------------------------------------------------------------------- module forwards

@@ -209,10 +209,15 @@ class RecycleTrainingModel(nn.Module):
         has_target = targets != -100
         target_ids = targets[has_target]
         target_base_states = base_states[:, :-1][has_target].detach()
-        base_logits = None
+        base_logits = teacher = None
         if need_base_logits:
             with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
                 base_logits = model.vocab_logits(base_states[:, :-1][has_target]).float()
+            # Computed once for all depths; each depth takes the rows of its positions.
+            teacher_log_probs = None
+            if self.distill_weight > 0:
+                teacher_log_probs = F.log_softmax(base_logits.detach() / self.distill_temperature, dim=-1)
+            teacher = _Teacher(top1=base_logits.argmax(-1), log_probs=teacher_log_probs)
         loss = 0.0
         statistics: dict[str, torch.Tensor] = {}
         for depth, module_states in enumerate(states_per_depth, start=1):
@@ -222,7 +227,7 @@ class RecycleTrainingModel(nn.Module):
             depth_loss, depth_statistics = self._module_loss(
                 module_states[:, :-1][has_target][in_chain],
                 target_ids[in_chain],
-                base_logits[in_chain].detach() if base_logits is not None else None,
+                teacher.rows(in_chain) if teacher is not None else None,
                 target_base_states[in_chain],
             )
             loss = loss + self.draft_depth_decay ** (depth - 1) * depth_loss
@@ -241,7 +246,7 @@ class RecycleTrainingModel(nn.Module):
         self,
         module_states: torch.Tensor,
         target_ids: torch.Tensor,
-        base_logits: torch.Tensor | None,
+        teacher: _Teacher | None,
         base_states: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The module's loss at one draft depth, over [tokens, dim] states, and its detached statistics."""
@@ -252,10 +257,10 @@ class RecycleTrainingModel(nn.Module):
             "recycle_accuracy": (recycle_logits.argmax(-1) == target_ids).float().mean().detach(),
         }
         loss = recycle_loss
-        if base_logits is not None:
-            statistics["base_agreement"] = (recycle_logits.argmax(-1) == base_logits.argmax(-1)).float().mean().detach()
-            if self.distill_weight > 0:
-                distill_loss = soft_target_kl(recycle_logits, base_logits, self.distill_temperature)
+        if teacher is not None:
+            statistics["base_agreement"] = (recycle_logits.argmax(-1) == teacher.top1).float().mean().detach()
+            if teacher.log_probs is not None:
+                distill_loss = _kl_to_teacher(recycle_logits, teacher.log_probs, self.distill_temperature)
                 loss = (1 - self.distill_weight) * recycle_loss + self.distill_weight * distill_loss
                 statistics["distill_loss"] = distill_loss.detach()
         if self.state_loss_weight > 0:
@@ -332,10 +337,24 @@ def soft_target_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
     """Mean KL(teacher || student) over rows of [tokens, vocab] logits, scaled by temperature² (Hinton et al.)."""
+    return _kl_to_teacher(student_logits, F.log_softmax(teacher_logits / temperature, dim=-1), temperature)
+
+
+def _kl_to_teacher(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
     student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
-    teacher_log_probs = F.log_softmax(teacher_logits / temperature, dim=-1)
     kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="batchmean")
     return kl * temperature**2
+
+
+@dataclass
+class _Teacher:
+    """The base's next-token targets at the positions with a target: top-1 ids and, for distillation, log-probs."""
+
+    top1: torch.Tensor
+    log_probs: torch.Tensor | None
+
+    def rows(self, selected: torch.Tensor) -> _Teacher:
+        return _Teacher(self.top1[selected], self.log_probs[selected] if self.log_probs is not None else None)
 
 
 class RecycleTrainer(Trainer):
