@@ -11,9 +11,11 @@ import pytest
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from recycle_hf import DEFAULT_NUM_DRAFT_TOKENS, defaults, load_recycle_adapter
+from recycle_hf import DEFAULT_NUM_DRAFT_TOKENS, RecycleGPTForCausalLM, defaults, load_recycle_adapter
 from recycle_hf.bench import QualityTotals, score_continuations
 from recycle_hf.distill import format_prompt
+from recycle_hf.cli import main
+from recycle_hf.commands import generate as generate_command
 from recycle_hf.loading import load_recycle_model
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -89,6 +91,21 @@ def test_generate_command_streams_and_compares(tmp_path):
     assert "[verify] 24 tokens" in result.stdout
     assert "tokens per base forward" in result.stdout
     assert "output identical to plain decoding" in result.stdout
+
+
+def test_generate_command_warms_up_both_compared_modes_before_timing_them(monkeypatch, capsys):
+    calls = []
+    original_generate = RecycleGPTForCausalLM.generate
+
+    def recording_generate(self, *args, **kwargs):
+        calls.append((kwargs["recycle_mode"], kwargs["max_new_tokens"], kwargs.get("streamer") is not None))
+        return original_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecycleGPTForCausalLM, "generate", recording_generate)
+    assert main(["generate", "Name a colour.", "--max-new-tokens", "6", "--compare"]) == 0
+    warmup = generate_command.WARMUP_TOKENS
+    assert calls == [("verify", warmup, False), (None, warmup, False), ("verify", 6, True), (None, 6, False)]
+    assert "speed ratio verify/none" in capsys.readouterr().out
 
 
 def test_missing_wheel_error_names_the_pip_command(monkeypatch):

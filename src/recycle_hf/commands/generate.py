@@ -13,6 +13,7 @@ from ..generation_recyclegpt import DEFAULT_NUM_DRAFT_TOKENS, resolve_recycle_mo
 from ..loading import add_recycle_model_arguments, load_recycle_model_from_args
 
 
+WARMUP_TOKENS = 16
 HELP = "Generate text with recycle decoding (default: the embedded SmolLM2-135M-Instruct plus its trained module)."
 
 
@@ -63,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     mode = resolve_recycle_mode(args.mode)
     text = format_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=args.no_chat_template).to(model.device)
-    # One short warm-up run, so that one-time costs do not count against either timed run.
-    model.generate(**inputs, recycle_mode=mode, max_new_tokens=4, do_sample=False)
+    # Short warm-up runs of every timed mode, so that one-time costs (first kernels, allocator growth, the LM head's
+    # product choice) count against neither timed run.
+    for warmup_mode in (mode, None) if args.compare and mode is not None else (mode,):
+        model.generate(**inputs, recycle_mode=warmup_mode, max_new_tokens=WARMUP_TOKENS, do_sample=False)
 
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     new_tokens, stats, elapsed = _timed_generate(model, inputs, mode, streamer, args)
