@@ -11,7 +11,13 @@ import pytest
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from recycle_hf import DEFAULT_NUM_DRAFT_TOKENS, RecycleGPTForCausalLM, defaults, load_recycle_adapter
+from recycle_hf import (
+    DEFAULT_NUM_DRAFT_TOKENS,
+    RecycleGPTForCausalLM,
+    defaults,
+    generation_recyclegpt,
+    load_recycle_adapter,
+)
 from recycle_hf.bench import QualityTotals, score_continuations
 from recycle_hf.distill import format_prompt
 from recycle_hf.cli import main
@@ -40,7 +46,9 @@ def test_shipped_adapter_is_small_and_describes_its_base():
     assert config["hidden_size"] == 576 and config["vocab_size"] == 49152
 
 
-def test_trained_module_verify_equals_plain_and_accepts_drafts(default_model):
+def test_trained_module_verify_equals_plain_and_accepts_drafts(default_model, monkeypatch):
+    monkeypatch.setattr(generation_recyclegpt, "_swapped_product_is_faster", {})
+    monkeypatch.setattr(generation_recyclegpt, "_product_trials", {})
     model, tokenizer = default_model
     tokenizer.padding_side = "left"
     prompts = [format_prompt(tokenizer, prompt, use_chat_template=True) for prompt in HELDOUT_PROMPTS[:4]]
@@ -52,6 +60,10 @@ def test_trained_module_verify_equals_plain_and_accepts_drafts(default_model):
     output = model.generate(**single, max_new_tokens=48, do_sample=False, recycle_mode="verify",
                             return_dict_in_generate=True)
     assert torch.equal(output.sequences, model.generate(**single, max_new_tokens=48, do_sample=False))
+    # The single row's verify forwards (k + 1 = 4 rows) ran the base's own linear layers as few-row products.
+    routed = {*generation_recyclegpt._swapped_product_is_faster, *generation_recyclegpt._product_trials}
+    mlp_up = tuple(model.base_lm.model.layers[0].mlp.up_proj.weight.shape)
+    assert (torch.float32, mlp_up, DEFAULT_NUM_DRAFT_TOKENS + 1) in routed
     # A floor that an untrained module (1.0) cannot reach (1.6 on this prompt with the default k=3); the measured
     # numbers, all 48 held-out prompts, live in docs/BENCHMARKS.md.
     assert output.recycle_stats["num_draft_tokens"] == DEFAULT_NUM_DRAFT_TOKENS

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
-from recycle_hf import modeling_recyclegpt
 from recycle_hf.modeling_recyclegpt import publish_checkpoint
 
 from conftest import VOCAB_SIZE, left_padded_batch, tiny_base_config, tiny_recycle_model
@@ -238,61 +237,3 @@ def test_wrapping_an_existing_base_keeps_its_attention_backend():
     assert model.base_lm is base
     assert base.config._attn_implementation == "eager"
     assert model.recycle_module.config._attn_implementation == "eager"
-
-
-# A vocabulary-sized head (8192 x 576, above the size worth timing) and a tiny one.
-BIG_HEAD_SHAPE, TINY_HEAD_SHAPE = (8192, 576), (VOCAB_SIZE, 32)
-
-
-@pytest.mark.parametrize("swapped_is_faster", [True, False])
-@pytest.mark.parametrize("num_rows", [2, 4, 15])
-def test_project_rows_equals_linear_whichever_product_is_chosen(monkeypatch, swapped_is_faster, num_rows):
-    generator = torch.Generator().manual_seed(num_rows)
-    weight = torch.randn(*BIG_HEAD_SHAPE, generator=generator)
-    bias = torch.randn(BIG_HEAD_SHAPE[0], generator=generator)
-    states = torch.randn(1, num_rows, BIG_HEAD_SHAPE[1], generator=generator)
-    key = (weight.dtype, tuple(weight.shape), num_rows)
-    monkeypatch.setitem(modeling_recyclegpt._swapped_product_is_faster, key, swapped_is_faster)
-    with torch.inference_mode():
-        output = modeling_recyclegpt.project_rows(states, weight, bias)
-        expected = F.linear(states, weight, bias)
-    assert output.shape == expected.shape
-    if swapped_is_faster:
-        torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
-    else:
-        assert torch.equal(output, expected)
-
-
-@pytest.mark.parametrize(
-    "shape, num_rows, grad",
-    [(BIG_HEAD_SHAPE, 1, False), (BIG_HEAD_SHAPE, 16, False), (BIG_HEAD_SHAPE, 4, True), (TINY_HEAD_SHAPE, 4, False)],
-)
-def test_project_rows_measures_nothing_where_the_swap_cannot_pay(monkeypatch, shape, num_rows, grad):
-    """One row, 16+ rows (the same kernel either way), training, and small heads take nn.Linear's product as is."""
-    monkeypatch.setattr(modeling_recyclegpt, "_swapped_product_is_faster", {})
-    weight = torch.randn(*shape)
-    states = torch.randn(num_rows, shape[1])
-    with torch.set_grad_enabled(grad):
-        output = modeling_recyclegpt.project_rows(states, weight)
-    assert torch.equal(output, F.linear(states, weight))
-    assert modeling_recyclegpt._swapped_product_is_faster == {}
-
-
-def test_project_rows_measures_each_shape_once(monkeypatch):
-    monkeypatch.setattr(modeling_recyclegpt, "_swapped_product_is_faster", {})
-    weight, states = torch.randn(*BIG_HEAD_SHAPE), torch.randn(3, BIG_HEAD_SHAPE[1])
-    with torch.inference_mode():
-        modeling_recyclegpt.project_rows(states, weight)
-        choice = dict(modeling_recyclegpt._swapped_product_is_faster)
-        monkeypatch.setattr(modeling_recyclegpt, "_seconds_of_fastest_run", lambda function: pytest.fail("re-measured"))
-        modeling_recyclegpt.project_rows(states, weight)
-    assert list(choice) == [(torch.float32, BIG_HEAD_SHAPE, 3)]
-
-
-def test_vocab_logits_runs_a_hooked_head_through_its_forward():
-    model = tiny_recycle_model("llama")
-    calls = []
-    model.get_output_embeddings().register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
-    states = torch.randn(2, 3, model.get_output_embeddings().in_features)
-    logits = model.vocab_logits(states)
-    assert calls == [logits.shape] and logits.shape == (2, 3, VOCAB_SIZE)

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,63 +109,6 @@ def _cache_argument_name(block: nn.Module) -> str:
         f"{type(block).__name__}.forward takes no key/value cache argument; RecycleGPT needs a base whose decoder "
         "blocks accept a cache."
     )
-
-
-# A few rows against a vocabulary-sized weight on the CPU: MKL runs `x @ W^T` (what nn.Linear calls) for 2-15 rows
-# at 2-7x the time of the same product with the operands swapped, `(W @ x^T)^T`, which reads W once (SmolLM2's head,
-# 4 rows: 17 ms against 6 ms on a 2-core EPYC). From 16 rows on, and for one row, both take the same kernel and give
-# the same bits. Which form is faster is measured once per process and shape rather than assumed, since it is a
-# property of the BLAS and the CPU; small weights are not worth the measurement.
-_SWAPPED_PRODUCT_ROWS = range(2, 16)
-_SWAPPED_PRODUCT_MIN_WEIGHT_ELEMENTS = 1 << 22
-_swapped_product_is_faster: dict[tuple, bool] = {}
-
-
-def _seconds_of_fastest_run(function: Callable[[], Any], repeats: int = 3) -> float:
-    function()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _prefers_swapped_product(rows: torch.Tensor, weight: torch.Tensor) -> bool:
-    if (
-        weight.device.type != "cpu"
-        or rows.shape[0] not in _SWAPPED_PRODUCT_ROWS
-        or weight.numel() < _SWAPPED_PRODUCT_MIN_WEIGHT_ELEMENTS
-        or torch.is_grad_enabled()
-    ):
-        return False
-    key = (weight.dtype, tuple(weight.shape), rows.shape[0])
-    if key not in _swapped_product_is_faster:
-        swapped = _seconds_of_fastest_run(lambda: weight @ rows.T)
-        plain = _seconds_of_fastest_run(lambda: F.linear(rows, weight))
-        _swapped_product_is_faster[key] = swapped < plain
-    return _swapped_product_is_faster[key]
-
-
-def _is_plain_linear(module: nn.Module) -> bool:
-    # A LoRA- or quantization-wrapped head, or one with hooks (accelerate offloading), must run its own forward.
-    return (
-        type(module) is nn.Linear
-        and not module._forward_hooks
-        and not module._forward_pre_hooks
-        and not hasattr(module, "_hf_hook")
-    )
-
-
-def project_rows(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(states, weight, bias)`, computed as `(weight @ rows^T)^T` where that is measured to be faster."""
-    rows = states.reshape(-1, states.shape[-1])
-    if not _prefers_swapped_product(rows, weight):
-        return F.linear(states, weight, bias)
-    output = (weight @ rows.T).T
-    if bias is not None:
-        output = output + bias
-    return output.reshape(*states.shape[:-1], weight.shape[0])
 
 
 class RecycleModule(nn.Module):
@@ -431,10 +373,7 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
 
     def vocab_logits(self, states: torch.Tensor) -> torch.Tensor:
         """The shared LM head applied to states in its input space (base states or module states)."""
-        head = self.get_output_embeddings()
-        if not _is_plain_linear(head):
-            return head(states)
-        return project_rows(states, head.weight, head.bias)
+        return self.get_output_embeddings()(states)
 
     @property
     def draft_token_ids(self) -> torch.Tensor | None:
@@ -465,7 +404,7 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
             # A row slice of the shared head, rebuilt only when the head or the ids change.
             self._draft_head = (key, head.weight.detach().index_select(0, token_ids))
         bias = head.bias.detach().index_select(0, token_ids) if getattr(head, "bias", None) is not None else None
-        return project_rows(states, self._draft_head[1], bias), token_ids
+        return F.linear(states, self._draft_head[1], bias), token_ids
 
     @staticmethod
     def shift_states(
