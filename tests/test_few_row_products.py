@@ -44,7 +44,8 @@ def test_project_rows_equals_linear_whichever_form_was_chosen(swapped_is_faster,
 
 
 @pytest.mark.parametrize(
-    "shape, num_rows, grad", [(BIG_SHAPE, 1, False), (BIG_SHAPE, 16, False), (BIG_SHAPE, 4, True), (SMALL_SHAPE, 4, False)]
+    "shape, num_rows, grad",
+    [(BIG_SHAPE, 1, False), (BIG_SHAPE, 16, False), (BIG_SHAPE, 4, True), (SMALL_SHAPE, 4, False)],
 )
 def test_project_rows_is_linear_itself_where_the_swap_cannot_pay(shape, num_rows, grad):
     """One row, 16+ rows (the same kernel either way), training, and small weights: nn.Linear's product, untimed."""
@@ -56,7 +57,9 @@ def test_project_rows_is_linear_itself_where_the_swap_cannot_pay(shape, num_rows
 
 
 @pytest.mark.parametrize("swapped_cost, plain_cost, expected_choice", [(1.0, 3.0, True), (3.0, 1.0, False)])
-def test_first_calls_alternate_the_forms_then_the_faster_is_kept(monkeypatch, swapped_cost, plain_cost, expected_choice):
+def test_first_calls_alternate_the_forms_then_the_faster_is_kept(
+    monkeypatch, swapped_cost, plain_cost, expected_choice
+):
     clock = [0.0]
     used = []
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -597,15 +598,9 @@ def _timed_trial(key: tuple, rows: torch.Tensor, weight: torch.Tensor) -> torch.
     output = _swapped_product(rows, weight) if use_swapped else F.linear(rows, weight)
     (swapped_seconds if use_swapped else plain_seconds).append(time.perf_counter() - start)
     if len(plain_seconds) == TIMED_CALLS_PER_FORM:
-        _swapped_product_is_faster[key] = _median(swapped_seconds) < _median(plain_seconds)
+        _swapped_product_is_faster[key] = statistics.median(swapped_seconds) < statistics.median(plain_seconds)
         _product_trials.pop(key, None)
     return output
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def project_rows(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
