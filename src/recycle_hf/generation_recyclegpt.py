@@ -50,8 +50,9 @@ logger = logging.get_logger(__name__)
 
 RECYCLE_MODES = (None, "alternate", "verify")
 # Measured with the shipped SmolLM2-135M module (docs/BENCHMARKS.md): trained on chained drafts, it makes 1.95 tokens
-# per base forward at k=3 (1.54 at k=1), and k=3 gives the best verify tokens/s on the CPU at batch 1 (within noise
-# of k=2 at batch 4); on a GPU, where a forward over 4 tokens costs about one over 1, more drafts pay even more.
+# per base forward at k=3 (1.54 at k=1), and k=3 gives the best verify tokens/s on the CPU at batch 1; at batch 4
+# there k=1 is faster (its forwards stay within the few-row products below). On a GPU, where a forward over 4 tokens
+# costs about one over 1, more drafts pay even more.
 DEFAULT_NUM_DRAFT_TOKENS = 3
 _UNSET = object()
 

@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     mode = resolve_recycle_mode(args.mode)
     text = format_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=args.no_chat_template).to(model.device)
-    # Short warm-up runs of every timed mode, so that one-time costs (first kernels, allocator growth, the LM head's
-    # product choice) count against neither timed run.
+    # Short warm-up runs of every timed mode, so that one-time costs (first kernels, allocator growth, the timed
+    # choice of the few-row products) count against neither timed run.
     for warmup_mode in (mode, None) if args.compare and mode is not None else (mode,):
         model.generate(**inputs, recycle_mode=warmup_mode, max_new_tokens=WARMUP_TOKENS, do_sample=False)
 
