@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import recycle_hf.generation_recyclegpt as generation
+import recycle_hf.static_generation_recyclegpt as static_generation
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
 from recycle_hf.generation_recyclegpt import RecycleDecoder
 
@@ -67,7 +68,7 @@ def test_verify_with_partly_correct_drafts_equals_plain_and_accepts(family, num_
     monkeypatch.setattr(RecycleDecoder, "draft", lambda decoder, n: oracle(decoder, n))
     output = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=16, do_sample=False,
                             recycle_mode="verify", num_draft_tokens=num_draft_tokens, return_dict_in_generate=True,
-                            eos_token_id=None, pad_token_id=PAD)
+                            eos_token_id=None, pad_token_id=PAD, cache_implementation="dynamic")
     assert torch.equal(output.sequences, expected)
     stats = output.recycle_stats
     assert stats["accepted_drafts"] > 0.25 * stats["drafted_tokens"]
@@ -83,7 +84,7 @@ def test_rows_accept_independently_and_are_not_changed_by_neighbours(monkeypatch
     monkeypatch.setattr(RecycleDecoder, "draft", lambda decoder, n: oracle(decoder, n))
     width = input_ids.shape[1]
     batched = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=14, recycle_mode="verify",
-                             num_draft_tokens=3, eos_token_id=None, pad_token_id=PAD)
+                             num_draft_tokens=3, eos_token_id=None, pad_token_id=PAD, cache_implementation="dynamic")
     monkeypatch.undo()
     for row in range(3):
         start = width - int(attention_mask[row].sum())
@@ -113,7 +114,7 @@ def test_caches_roll_back_to_the_accepted_sequence(monkeypatch):
     monkeypatch.setattr(RecycleDecoder, "draft", lambda decoder, n: oracle(decoder, n))
     monkeypatch.setattr(RecycleDecoder, "_advance", checked_advance)
     output = model.generate(input_ids, max_new_tokens=12, recycle_mode="verify", num_draft_tokens=3,
-                            eos_token_id=None, pad_token_id=PAD)
+                            eos_token_id=None, pad_token_id=PAD, cache_implementation="dynamic")
     assert torch.equal(output, expected)
     assert any(num_drafts > accepted for *_, num_drafts, accepted in checks), "no step had a rejection"
     for base_length, expected_base, module_length, expected_module, num_drafts, _ in checks:
@@ -223,12 +224,16 @@ def accept_by_inverse_ratio(drafts, draft_probs, target_probs):
     return TRUE_RULE(drafts, target_probs[:, :-1], swapped_targets)
 
 
-def test_sampled_verify_output_distribution_equals_plain_sampling(monkeypatch):
-    """Joint distribution of the first 3 tokens (512 outcomes; k = 2 so both drafts and the bonus token count)."""
+@pytest.mark.parametrize("path", ["static", "dynamic"])
+def test_sampled_verify_output_distribution_equals_plain_sampling(monkeypatch, path):
+    """Joint distribution of the first 3 tokens (512 outcomes; k = 2 so both drafts and the bonus token count), on
+    the fast path and on the reference loop; a wrong acceptance rule put in either must show."""
     model = peaked_tiny_model(seed=1)
     prompt = torch.tensor([[3, 5, 2, 7]])
     length, samples = 3, 30000
     exact = exact_joint_distribution(model, prompt, length)
+    rule_owner, rule_name = (static_generation, "speculative_acceptance_static") if path == "static" else (
+        generation, "speculative_acceptance")
 
     def total_variation(**kwargs):
         return 0.5 * (empirical_joint_distribution(model, prompt, length, samples, **kwargs) - exact).abs().sum()
@@ -236,11 +241,12 @@ def test_sampled_verify_output_distribution_equals_plain_sampling(monkeypatch):
     # The bound: plain sampling itself, measured with the same number of samples, plus a margin.
     plain_distance = total_variation()
     bound = 1.5 * plain_distance + 0.02
-    verify_distance = total_variation(recycle_mode="verify", num_draft_tokens=2)
+    verify = dict(recycle_mode="verify", num_draft_tokens=2, cache_implementation=path)
+    verify_distance = total_variation(**verify)
     assert verify_distance < bound, (verify_distance, plain_distance)
     for wrong_rule in (always_accept, accept_by_inverse_ratio):
-        monkeypatch.setattr(generation, "speculative_acceptance", wrong_rule)
-        wrong_distance = total_variation(recycle_mode="verify", num_draft_tokens=2)
+        monkeypatch.setattr(rule_owner, rule_name, wrong_rule)
+        wrong_distance = total_variation(**verify)
         monkeypatch.undo()
         assert wrong_distance > bound, (wrong_rule.__name__, wrong_distance, bound)
 
@@ -262,8 +268,10 @@ def test_draft_vocabulary_restricts_drafts_and_keeps_output_identical(monkeypatc
     input_ids, attention_mask = left_padded_batch([8, 3, 6], seed=12)
     expected = plain_greedy(model, input_ids, attention_mask, 10)
     ours = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=10, recycle_mode="verify",
-                          num_draft_tokens=3)
+                          num_draft_tokens=3, cache_implementation="dynamic")
     assert torch.equal(ours, expected)
+    assert torch.equal(model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=10,
+                                      recycle_mode="verify", num_draft_tokens=3), expected)  # the fast path
     assert torch.isin(torch.cat([t.flatten() for t in seen]), allowed).all()
 
     model.save_pretrained(tmp_path)
@@ -290,6 +298,7 @@ def test_sampled_verify_with_a_draft_vocabulary_keeps_the_distribution():
     length, samples = 3, 30000
     exact = exact_joint_distribution(model, prompt, length)
     plain = 0.5 * (empirical_joint_distribution(model, prompt, length, samples) - exact).abs().sum()
-    verify = 0.5 * (empirical_joint_distribution(model, prompt, length, samples, recycle_mode="verify",
-                                                 num_draft_tokens=2) - exact).abs().sum()
-    assert verify < 1.5 * plain + 0.02, (verify, plain)
+    for path in ("static", "dynamic"):
+        verify = 0.5 * (empirical_joint_distribution(model, prompt, length, samples, recycle_mode="verify",
+                                                     num_draft_tokens=2, cache_implementation=path) - exact).abs().sum()
+        assert verify < 1.5 * plain + 0.02, (path, verify, plain)

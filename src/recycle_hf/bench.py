@@ -71,7 +71,9 @@ BENCHMARK_PROMPTS: tuple[str, ...] = (
     "How can a small team keep track of its tasks without special software?",
 )
 
-COMPARATOR_MODES = ("hf_generate", "hf_static_compiled")
+COMPARATOR_MODES = ("hf_generate", "hf_static_compiled", "hf_prompt_lookup")
+# transformers' prompt-lookup decoding: candidate tokens copied from the prompt (its own default length).
+PROMPT_LOOKUP_TOKENS = 10
 DEFAULT_BATCH_SIZES = (1, 4, 16)
 DEFAULT_DRAFT_TOKEN_COUNTS = (1, 2, 3, 4, 5)
 SPEED_STEM = "speed"
@@ -310,13 +312,20 @@ def synthetic_prompts(
     return PromptBatch(input_ids.to(device), torch.ones_like(input_ids).to(device))
 
 
-def benchmark_prompt_batch(bench_model: BenchmarkModel, batch_size: int, prompt_length: int, seed: int) -> PromptBatch:
-    """The first `batch_size` benchmark prompts (cycled when the batch is larger than the list)."""
+def benchmark_prompt_batch(
+    bench_model: BenchmarkModel,
+    batch_size: int,
+    prompt_length: int,
+    seed: int,
+    prompts: Sequence[str] = BENCHMARK_PROMPTS,
+    first: int = 0,
+) -> PromptBatch:
+    """`batch_size` prompts from index `first` on (cycled when the list is shorter)."""
     if bench_model.tokenizer is None:
         vocab_size = bench_model.model.config.base_config.vocab_size
-        return synthetic_prompts(vocab_size, batch_size, prompt_length, bench_model.device, seed)
-    prompts = [BENCHMARK_PROMPTS[row % len(BENCHMARK_PROMPTS)] for row in range(batch_size)]
-    return encode_chat_prompts(bench_model.tokenizer, prompts, bench_model.device)
+        return synthetic_prompts(vocab_size, batch_size, prompt_length, bench_model.device, seed + first)
+    rows = [prompts[(first + row) % len(prompts)] for row in range(batch_size)]
+    return encode_chat_prompts(bench_model.tokenizer, rows, bench_model.device)
 
 
 # ------------------------------------------------------------------------------------------------------------- timing
@@ -379,9 +388,12 @@ class DecodingMode:
 
     name: str
     recycle_mode: str | None = None
-    num_draft_tokens: int | None = None
+    num_draft_tokens: int | str | None = None
     comparator: bool = False
     static_compiled: bool = False
+    # Recycle modes: None runs the static fast path, "dynamic" the reference loop (`cache_implementation`).
+    cache_implementation: str | None = None
+    prompt_lookup: bool = False
 
     @property
     def uses_recycle_loop(self) -> bool:
@@ -391,14 +403,25 @@ class DecodingMode:
 def decoding_modes(
     draft_token_counts: Sequence[int] = DEFAULT_DRAFT_TOKEN_COUNTS, static_compiled: bool = True
 ) -> list[DecodingMode]:
-    """The modes of a speed run, comparators first: transformers' `generate` (and its static-cache compiled path),
-    our `recycle_mode=None`, `alternate`, and `verify` for each draft count."""
+    """The modes of a speed run, comparators first: transformers' `generate`, its static-cache compiled path and its
+    prompt-lookup decoding; our `recycle_mode=None`; `alternate` and `verify` (each draft count and "auto") on the
+    fast path, on the reference loop (`_loop`) and, with `static_compiled`, compiled (`_compiled`)."""
     modes = [DecodingMode("hf_generate", comparator=True)]
     if static_compiled:
         modes.append(DecodingMode("hf_static_compiled", comparator=True, static_compiled=True))
+    modes.append(DecodingMode("hf_prompt_lookup", comparator=True, prompt_lookup=True))
     modes.append(DecodingMode("recycle_none"))
-    modes.append(DecodingMode("alternate", recycle_mode="alternate", num_draft_tokens=1))
-    modes += [DecodingMode(f"verify_k{k}", recycle_mode="verify", num_draft_tokens=k) for k in draft_token_counts]
+    recycle = [("alternate", "alternate", 1)]
+    recycle += [(f"verify_k{k}", "verify", k) for k in draft_token_counts] + [("verify_auto", "verify", "auto")]
+    for name, recycle_mode, num_draft_tokens in recycle:
+        modes.append(DecodingMode(name, recycle_mode=recycle_mode, num_draft_tokens=num_draft_tokens))
+    for name, recycle_mode, num_draft_tokens in recycle:
+        modes.append(DecodingMode(f"{name}_loop", recycle_mode=recycle_mode, num_draft_tokens=num_draft_tokens,
+                                  cache_implementation="dynamic"))
+    if static_compiled:
+        for name, recycle_mode, num_draft_tokens in recycle:
+            modes.append(DecodingMode(f"{name}_compiled", recycle_mode=recycle_mode,
+                                      num_draft_tokens=num_draft_tokens, static_compiled=True))
     return modes
 
 
@@ -450,15 +473,19 @@ def generate_once(
         do_sample=do_sample,
         pad_token_id=pad_token_id,
     )
+    if mode.static_compiled:
+        kwargs.update(cache_implementation="static", compile_config=_static_compile_config(model.device))
     if mode.comparator:
         generate = model.base_lm.generate
-        if mode.static_compiled:
-            kwargs.update(cache_implementation="static", compile_config=_static_compile_config(model.device))
+        if mode.prompt_lookup:
+            kwargs.update(prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS)
     else:
         generate = model.generate
         kwargs["recycle_mode"] = mode.recycle_mode
         if mode.uses_recycle_loop:
             kwargs.update(num_draft_tokens=mode.num_draft_tokens, return_dict_in_generate=True)
+            if mode.cache_implementation is not None:
+                kwargs["cache_implementation"] = mode.cache_implementation
     torch.manual_seed(seed)
     synchronize(model.device)
     start = time.perf_counter()
@@ -471,7 +498,7 @@ def generate_once(
 
 def timer_targets(model: RecycleGPTForCausalLM, mode: DecodingMode) -> list[tuple[Any, str, str]] | None:
     """What to time inside `mode`'s forwards; None where wrapping would change what runs (a compiled graph)."""
-    if mode.static_compiled:
+    if mode.static_compiled or mode.prompt_lookup:
         return None
     if mode.uses_recycle_loop:
         return [
@@ -529,9 +556,13 @@ class SpeedSettings:
     prompt_length: int = 64
     seed: int = 0
     acceptance_from: str | None = None
+    # Each timed run of a mode decodes `prompt_sets` batches of different prompts one after the other (batch 1 on
+    # one prompt says little: per-prompt speed-ups range from 0.8x to 1.4x).
+    prompt_sets: int = 1
+    prompts_file: str | None = None
 
     def validate(self) -> None:
-        for name in ("max_new_tokens", "repeats", "prompt_length"):
+        for name in ("max_new_tokens", "repeats", "prompt_length", "prompt_sets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.warmup is not None and self.warmup < 0:
@@ -567,7 +598,9 @@ class ModeMeasurement:
     forward_seconds: dict[str, float] | None = None
     forward_calls: dict[str, int] | None = None
     instrumented_seconds: float | None = None
+    warmup_stats: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    not_applicable: str | None = None
 
     @property
     def median_seconds(self) -> float:
@@ -633,9 +666,15 @@ def summarize_measurement(measurement: ModeMeasurement, ratios: dict[str, float 
         "max_new_tokens": measurement.max_new_tokens,
         "status": "ok" if measurement.error is None else "failed",
     }
+    if measurement.not_applicable is not None:
+        record.update(status="not_applicable", error=measurement.not_applicable)
+        return record
     if measurement.error is not None or not measurement.seconds:
         record["error"] = measurement.error
         return record
+    if measurement.warmup_stats:
+        # The first call of a compiled mode compiles (or loads inductor's cache): reported apart from decoding.
+        record["compile_seconds"] = max(stats.get("compile_seconds", 0.0) for stats in measurement.warmup_stats)
     median = measurement.median_seconds
     tokens_per_row = max(measurement.tokens_per_row)
     stats = measurement.recycle_stats
@@ -656,6 +695,8 @@ def summarize_measurement(measurement: ModeMeasurement, ratios: dict[str, float 
         accepted_drafts_per_step=(stats["accepted_drafts"] / drafting_steps) if stats else None,
         acceptance_rate=stats["acceptance_rate"] if stats else None,
         tokens_per_base_forward=(stats["tokens_per_base_forward"] if stats else 1.0),
+        chosen_num_draft_tokens=stats["num_draft_tokens"] if stats else None,
+        decoding_path=stats.get("decoding_path") if stats else None,
     )
     for comparator in COMPARATOR_MODES:
         record[f"speedup_vs_{comparator}"] = (ratios or {}).get(f"vs_{comparator}")
@@ -710,10 +751,13 @@ class SpeedBenchmark:
         records: list[dict[str, Any]] = []
         checks: dict[str, Any] = {}
         with fixed_length_generation(self.model):
+            texts = read_prompts_file(self.settings.prompts_file) if self.settings.prompts_file else BENCHMARK_PROMPTS
             for batch_size in self.settings.batch_sizes:
-                prompts = benchmark_prompt_batch(
-                    self.bench_model, batch_size, self.settings.prompt_length, self.settings.seed
-                )
+                prompts = [
+                    benchmark_prompt_batch(self.bench_model, batch_size, self.settings.prompt_length,
+                                           self.settings.seed, texts, first=index * batch_size)
+                    for index in range(self.settings.prompt_sets)
+                ]
                 measurements, outputs = self.measure_batch(prompts)
                 ratios = speedup_ratios(measurements)
                 records += [summarize_measurement(m, ratios.get(m.mode.name)) for m in measurements]
@@ -731,7 +775,8 @@ class SpeedBenchmark:
                 "static_compile": self.settings.resolved_static_compile(self.device),
                 "modes": [mode.name for mode in self.modes],
                 "stop_at_eos": False,
-                "prompts": "synthetic random tokens" if self.bench_model.tokenizer is None else "BENCHMARK_PROMPTS",
+                "prompts": "synthetic random tokens" if self.bench_model.tokenizer is None else (
+                    self.settings.prompts_file or "BENCHMARK_PROMPTS"),
             },
             "results": records,
             "checks": checks,
@@ -740,77 +785,88 @@ class SpeedBenchmark:
             results["projections"] = project_verify_speed(results, load_results(self.settings.acceptance_from))
         return results
 
-    def measure_batch(self, prompts: PromptBatch) -> tuple[list[ModeMeasurement], dict[str, torch.Tensor]]:
-        """Warm-up, `repeats` interleaved timed rounds and one instrumented pass per mode, at one batch size."""
-        digest = prompts.digest()
+    def measure_batch(
+        self, prompt_sets: Sequence[PromptBatch]
+    ) -> tuple[list[ModeMeasurement], dict[str, list[torch.Tensor]]]:
+        """Warm-up, `repeats` interleaved timed rounds and one instrumented pass per mode, at one batch size; each
+        run decodes every prompt set in turn."""
+        digest = hashlib.sha256("".join(prompts.digest() for prompts in prompt_sets).encode()).hexdigest()[:16]
+        batch_size = prompt_sets[0].batch_size
         measurements = {
-            mode.name: ModeMeasurement(self.run_id, digest, prompts.batch_size, self.settings.max_new_tokens, mode)
+            mode.name: ModeMeasurement(self.run_id, digest, batch_size, self.settings.max_new_tokens, mode)
             for mode in self.modes
         }
-        outputs: dict[str, torch.Tensor] = {}
+        outputs: dict[str, list[torch.Tensor]] = {}
         rounds = self.warmup + self.settings.repeats
-        progress = tqdm(
-            total=rounds * len(self.modes) + len(self.modes),
-            desc=f"speed, batch {prompts.batch_size}",
-            unit="run",
-        )
+        progress = tqdm(total=rounds * len(self.modes) + len(self.modes), desc=f"speed, batch {batch_size}",
+                        unit="run")
         with progress:
             for round_index in range(rounds):
                 # Rotating the order keeps a mode from always following the same neighbour (caches, clocks).
                 offset = round_index % len(self.modes)
                 for mode in self.modes[offset:] + self.modes[:offset]:
-                    self._timed_run(measurements[mode.name], prompts, outputs, timed=round_index >= self.warmup)
+                    self._timed_run(measurements[mode.name], prompt_sets, outputs, timed=round_index >= self.warmup)
                     progress.update()
             for mode in self.modes:
-                self._instrumented_run(measurements[mode.name], prompts)
+                self._instrumented_run(measurements[mode.name], prompt_sets)
                 progress.update()
         return list(measurements.values()), outputs
 
-    def _generate(self, mode: DecodingMode, prompts: PromptBatch) -> GenerationRun:
-        return generate_once(
-            self.model,
-            mode,
-            prompts,
-            self.settings.max_new_tokens,
-            self.settings.do_sample,
-            self.pad_token_id,
-            self.settings.seed,
-        )
+    def _generate(self, mode: DecodingMode, prompt_sets: Sequence[PromptBatch]) -> list[GenerationRun]:
+        return [
+            generate_once(self.model, mode, prompts, self.settings.max_new_tokens, self.settings.do_sample,
+                          self.pad_token_id, self.settings.seed)
+            for prompts in prompt_sets
+        ]
 
     def _timed_run(
-        self, measurement: ModeMeasurement, prompts: PromptBatch, outputs: dict[str, torch.Tensor], timed: bool
+        self,
+        measurement: ModeMeasurement,
+        prompt_sets: Sequence[PromptBatch],
+        outputs: dict[str, list[torch.Tensor]],
+        timed: bool,
     ) -> None:
-        if measurement.error is not None:
+        if measurement.error is not None or measurement.not_applicable is not None:
+            return
+        if measurement.mode.prompt_lookup and prompt_sets[0].batch_size > 1:
+            measurement.not_applicable = "transformers' prompt-lookup decoding runs at batch size 1 only"
             return
         try:
-            run = self._generate(measurement.mode, prompts)
+            runs = self._generate(measurement.mode, prompt_sets)
         except Exception as error:
             if not measurement.mode.static_compiled:
                 raise
-            # The compiled comparator needs a working compiler toolchain: where it has none, that is a result.
-            logger.warning("Mode %s failed at batch %d: %s", measurement.mode.name, prompts.batch_size, error)
+            # Compiled modes need a working compiler toolchain: where there is none, that is a result.
+            logger.warning("Mode %s failed at batch %d: %s", measurement.mode.name, prompt_sets[0].batch_size, error)
             measurement.error = f"{type(error).__name__}: {error}"
             return
-        outputs.setdefault(measurement.mode.name, run.sequences)
+        outputs.setdefault(measurement.mode.name, [run.sequences for run in runs])
+        seconds = sum(run.seconds for run in runs)
+        stats = merged_recycle_stats([run.recycle_stats for run in runs])
         if not timed:
-            measurement.warmup_seconds.append(run.seconds)
+            measurement.warmup_seconds.append(seconds)
+            if stats is not None:
+                measurement.warmup_stats.append(stats)
             return
-        measurement.seconds.append(run.seconds)
-        measurement.tokens_per_row = _new_tokens_per_row(run.sequences, prompts.width, run.recycle_stats)
-        measurement.recycle_stats = run.recycle_stats
+        measurement.seconds.append(seconds)
+        # Prompt sets run one after another: a row's tokens add up across them.
+        per_set = [_new_tokens_per_row(run.sequences, prompts.width, run.recycle_stats)
+                   for run, prompts in zip(runs, prompt_sets)]
+        measurement.tokens_per_row = [sum(row) for row in zip(*per_set)]
+        measurement.recycle_stats = stats
 
-    def _instrumented_run(self, measurement: ModeMeasurement, prompts: PromptBatch) -> None:
+    def _instrumented_run(self, measurement: ModeMeasurement, prompt_sets: Sequence[PromptBatch]) -> None:
         targets = timer_targets(self.model, measurement.mode)
-        if measurement.error is not None or targets is None:
+        if measurement.error is not None or measurement.not_applicable is not None or targets is None:
             return
         timer = ForwardTimer(self.device)
         with timer.wrapping(targets):
-            run = self._generate(measurement.mode, prompts)
-        measurement.instrumented_seconds = run.seconds
+            runs = self._generate(measurement.mode, prompt_sets)
+        measurement.instrumented_seconds = sum(run.seconds for run in runs)
         measurement.forward_seconds = dict(timer.seconds)
         measurement.forward_calls = dict(timer.calls)
 
-    def check_outputs(self, outputs: dict[str, torch.Tensor], prompts: PromptBatch) -> dict[str, Any]:
+    def check_outputs(self, outputs: dict[str, list[torch.Tensor]], prompt_sets: Sequence[PromptBatch]) -> dict[str, Any]:
         """Greedy decoding must not depend on the mode: every verify output (and the comparators') must equal plain
         decoding (`recycle_mode=None`, or transformers' generate when that mode was left out) on every prompt.
         Sampling draws differ by mode, so nothing is compared then."""
@@ -820,12 +876,41 @@ class SpeedBenchmark:
         checks: dict[str, Any] = {"reference": reference}
         for name, output in outputs.items():
             if name != reference and (name.startswith("verify_") or name in COMPARATOR_MODES):
-                checks[name] = compare_outputs(outputs[reference], output, prompts.width, self.pad_token_id)
+                per_set = [compare_outputs(expected, candidate, prompts.width, self.pad_token_id)
+                           for expected, candidate, prompts in zip(outputs[reference], output, prompt_sets)]
+                checks[name] = _merged_checks(per_set)
         verify_checks = [check for name, check in checks.items() if name.startswith("verify_")]
         checks["verify_equals_plain"] = (
             all(check["all_identical"] for check in verify_checks) if verify_checks else None
         )
         return checks
+
+
+def _merged_checks(per_set: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    rows = sum(check["rows"] for check in per_set)
+    mismatches = []
+    for index, check in enumerate(per_set):
+        mismatches += [{**mismatch, "prompt_set": index} for mismatch in check["mismatches"]]
+    return {"rows": rows, "identical_rows": rows - len(mismatches), "all_identical": not mismatches,
+            "mismatches": mismatches}
+
+
+_SUMMED_STATS = ("base_forwards", "row_base_forwards", "recycle_forwards", "new_tokens", "drafted_tokens",
+                 "accepted_drafts", "compile_seconds", "decoding_seconds")
+
+
+def merged_recycle_stats(per_set: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One `recycle_stats` for prompt sets decoded in turn: counts and seconds add up, rates are recomputed."""
+    if not per_set or per_set[0] is None:
+        return None
+    merged = dict(per_set[0])
+    for name in _SUMMED_STATS:
+        if name in merged:
+            merged[name] = sum(stats.get(name) or 0 for stats in per_set)
+    merged["tokens_per_row"] = [sum(row) for row in zip(*(stats["tokens_per_row"] for stats in per_set))]
+    merged["tokens_per_base_forward"] = merged["new_tokens"] / max(1, merged["row_base_forwards"])
+    merged["acceptance_rate"] = merged["accepted_drafts"] / merged["drafted_tokens"] if merged["drafted_tokens"] else None
+    return merged
 
 
 def _new_tokens_per_row(sequences: torch.Tensor, prompt_width: int, stats: dict[str, Any] | None) -> list[int]:
@@ -952,22 +1037,24 @@ def speed_markdown(results: dict[str, Any]) -> str:
     ]
     header = (
         "| mode | tokens/s | ms/token | spread | base fwd/token | accepted drafts/step | tokens/base fwd "
-        "| x HF generate | x HF static compiled | loop overhead ms/step |"
+        "| x HF generate | x HF static compiled | x HF prompt lookup | k | compile s | loop overhead ms/step |"
     )
     for batch_size in settings["batch_sizes"]:
-        lines += [f"## Batch size {batch_size}", "", header, "|" + "---|" * 10]
+        lines += [f"## Batch size {batch_size}", "", header, "|" + "---|" * 13]
         for record in results["results"]:
             if record["batch_size"] != batch_size:
                 continue
             if record["status"] != "ok":
-                lines.append(f"| {record['mode']} | failed: {record.get('error')} |" + " |" * 8)
+                label = "failed" if record["status"] == "failed" else "n/a"
+                lines.append(f"| {record['mode']} | {label}: {record.get('error')} |" + " |" * 11)
                 continue
             lines.append(
                 f"| {record['mode']} | {_format(record['tokens_per_s'], 1)} | {_format(record['ms_per_token'], 1)} "
                 f"| {_format(record['spread_percent'], 0, '%')} | {_format(record['base_forwards_per_token'])} "
                 f"| {_format(record['accepted_drafts_per_step'])} | {_format(record['tokens_per_base_forward'])} "
                 f"| {_format(record['speedup_vs_hf_generate'])} | {_format(record['speedup_vs_hf_static_compiled'])} "
-                f"| {_format(record['loop_overhead_ms_per_step'], 1)} |"
+                f"| {_format(record['speedup_vs_hf_prompt_lookup'])} | {_format(record.get('chosen_num_draft_tokens'))} "
+                f"| {_format(record.get('compile_seconds'), 1)} | {_format(record['loop_overhead_ms_per_step'], 1)} |"
             )
         lines += ["", _checks_line(results["checks"].get(str(batch_size), {})), ""]
     if results.get("projections"):
@@ -1342,6 +1429,9 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure transformers' static-cache compiled generate (auto: on CUDA only; compiling on the CPU is slow)",
     )
     parser.add_argument("--prompt-length", type=int, default=64, help="prompt tokens for --shape (random ids)")
+    parser.add_argument("--prompts-file", help="prompts, one per line (default: the built-in BENCHMARK_PROMPTS)")
+    parser.add_argument("--prompt-sets", type=int, default=1,
+                        help="batches of different prompts each timed run decodes in turn (default 1)")
     parser.add_argument(
         "--acceptance-from", help="speed.json of the real model: project verify-mode speed with its acceptance"
     )
@@ -1361,6 +1451,8 @@ def run_speed_command(args: argparse.Namespace) -> int:
         prompt_length=args.prompt_length,
         seed=args.seed,
         acceptance_from=args.acceptance_from,
+        prompt_sets=args.prompt_sets,
+        prompts_file=args.prompts_file,
     )
     settings.validate()
     results = run_speed_benchmark(_benchmark_model_from_args(args), settings)

@@ -13,28 +13,28 @@ Batches keep one key/value slot per (row, step) position. Rows that accept fewer
 masked holes in their slots instead of waiting: no row stalls and no row's tokens depend on another's. Logits
 processors and stopping criteria see, for every row, exactly the `input_ids` plain decoding would show them.
 
-On the CPU the loop's matrix products over a few rows run in whichever of two equivalent forms is faster there
-(see "few-row products" below): with MKL on an AMD EPYC, `nn.Linear`'s form is up to 7x slower for 2-15 rows.
+Two implementations run these modes: the static fast path (`static_generation_recyclegpt.py`: device tensors, fixed
+shapes, optionally compiled), used whenever the call allows it, and the reference loop below (`RecycleDecoder`),
+which also runs processors and stopping criteria that read the whole context. On the CPU both run their products
+over a few rows in the form that is faster there (`few_row_products_recyclegpt.py`).
 
 This file is remote code: a checkpoint folder carries it, so it imports only torch and transformers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
-from transformers import GenerationConfig, GenerationMixin
+from transformers import CompileConfig, GenerationConfig, GenerationMixin
 from transformers.generation import (
+    EosTokenCriteria,
     LogitsProcessorList,
+    MaxLengthCriteria,
     MinPLogitsWarper,
     StoppingCriteriaList,
     TemperatureLogitsWarper,
@@ -45,15 +45,31 @@ from transformers.generation import (
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.utils import logging
 
+from .draft_length_recyclegpt import calibration_key, measure_draft_length, resolve_auto_draft_length
+from .few_row_products_recyclegpt import few_row_products
+from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
+
 
 logger = logging.get_logger(__name__)
 
 RECYCLE_MODES = (None, "alternate", "verify")
-# Measured with the shipped SmolLM2-135M module (docs/BENCHMARKS.md): trained on chained drafts, it makes 1.95 tokens
-# per base forward at k=3 (1.54 at k=1), and k=3 gives the best verify tokens/s on the CPU at batch 1; at batch 4
-# there k=1 is faster (its forwards stay within the few-row products below). On a GPU, where a forward over 4 tokens
-# costs about one over 1, more drafts pay even more.
-DEFAULT_NUM_DRAFT_TOKENS = 3
+# The best k depends on the machine, the batch size and the module (on a 2-core CPU with the shipped SmolLM2 module
+# k=3 is best at batch 1 and k=1 at batch 4; on a GPU, where a forward over 4 tokens costs about one over 1, more
+# drafts pay): "auto" measures it once per model, device and batch size (draft_length_recyclegpt.py).
+DEFAULT_NUM_DRAFT_TOKENS = "auto"
+# More drafts than this never pay: acceptance falls with depth, and every draft costs a module forward.
+MAX_NUM_DRAFT_TOKENS = 16
+# `generate` options that recycle modes cannot honour; each is refused with the reason, never silently ignored.
+_UNSUPPORTED_IN_RECYCLE_MODES = {
+    "num_beams": "beam search",
+    "num_return_sequences": "several return sequences",
+    "assistant_model": "assisted decoding",
+    "prompt_lookup_num_tokens": "prompt-lookup decoding",
+    "output_scores": "per-step scores",
+    "output_logits": "per-step logits",
+    "output_hidden_states": "hidden states",
+    "output_attentions": "attention weights",
+}
 _UNSET = object()
 
 # Processors whose output does not depend on `input_ids`: they can run on a whole ragged batch at once.
@@ -118,21 +134,29 @@ class RecycleGenerationMixin:
         inputs: torch.Tensor | None = None,
         generation_config: GenerationConfig | None = None,
         recycle_mode: Any = _UNSET,
-        num_draft_tokens: int | None = None,
+        num_draft_tokens: int | str | None = None,
+        recycle_compile: bool | None = None,
         streamer: Any = None,
         **kwargs: Any,
     ) -> torch.LongTensor | RecycleGenerateOutput:
         r"""
-        `GenerationMixin.generate` with two more arguments (both can also be set in the `GenerationConfig` or the
-        checkpoint's `generation_config.json`):
+        `GenerationMixin.generate` with more arguments (the first two can also be set in the `GenerationConfig` or
+        the checkpoint's `generation_config.json`):
 
             recycle_mode (`str` or `None`): `None`/"none" (plain decoding, exactly the base model's own `generate`),
                 "alternate" (the paper's schedule: module and base take turns) or "verify" (lossless: the module
                 drafts, the base checks).
-            num_draft_tokens (`int`): drafts per base forward in "verify" mode (default
-                `DEFAULT_NUM_DRAFT_TOKENS`).
+            num_draft_tokens (`int` or "auto"): drafts per base forward in "verify" mode, 1 to
+                `MAX_NUM_DRAFT_TOKENS`; "auto" (default) measures the fastest k for this model, device and batch
+                size once, 0 meaning plain decoding.
+            recycle_compile (`bool`, *optional*): compile the fast path's step. By default it is compiled as
+                transformers compiles its own decoding: with `cache_implementation="static"` or a `compile_config`,
+                on CUDA, or anywhere when `compile_config._compile_all_devices` is set.
 
-        With `return_dict_in_generate=True` in a recycle mode the output also carries `recycle_stats`.
+        Recycle modes decode on the static fast path (`static_generation_recyclegpt.py`) unless the call needs the
+        reference loop (processors or stopping criteria that read the whole context, `cache_implementation=
+        "dynamic"`); `cache_implementation="static"` insists on the fast path. With `return_dict_in_generate=True`
+        the output also carries `recycle_stats`.
         """
         base_generation_config = generation_config if generation_config is not None else self.generation_config
         if recycle_mode is _UNSET:
@@ -140,27 +164,50 @@ class RecycleGenerationMixin:
         mode = resolve_recycle_mode(recycle_mode)
         if num_draft_tokens is None:
             num_draft_tokens = getattr(base_generation_config, "num_draft_tokens", None) or DEFAULT_NUM_DRAFT_TOKENS
-        if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
-            raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}.")
+        check_num_draft_tokens(num_draft_tokens)
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
+            raise ValueError("generate got an empty prompt: give every row at least one token (e.g. the BOS token).")
 
         # Merge the call's generation arguments here, so that `generate` below sees one complete config.
         generation_config = _without_recycle_settings(base_generation_config)
         kwargs = generation_config.update(**kwargs)
+        if mode == "verify" and num_draft_tokens == "auto":
+            num_draft_tokens = self.auto_draft_length(input_ids, kwargs.get("attention_mask"), generation_config)
+            if num_draft_tokens == 0:
+                logger.info("num_draft_tokens='auto': plain decoding is fastest for this batch here.")
+                mode = None
         if mode is None:
             return self.base_lm.generate(inputs, generation_config=generation_config, streamer=streamer, **kwargs)
 
-        for unsupported in ("num_beams", "num_return_sequences", "assistant_model", "output_scores", "output_logits"):
-            value = kwargs.get(unsupported, getattr(generation_config, unsupported, None))
-            if value not in (None, False, 1):
+        for name, feature in _UNSUPPORTED_IN_RECYCLE_MODES.items():
+            value = kwargs.get(name, getattr(generation_config, name, None))
+            if value is not None and value is not False and not (value == 1 and type(value) is int):
                 raise ValueError(
-                    f"{unsupported}={value!r} is not supported with recycle_mode={mode!r}; use recycle_mode=None "
-                    "for beam search, several return sequences, assisted decoding or per-step scores."
+                    f"{name}={value!r} is not supported with recycle_mode={mode!r} ({feature}); use "
+                    "recycle_mode=None for it."
                 )
+        # The caches are the decoding loop's own: transformers must not build one for the composite config.
+        cache_implementation = generation_config.cache_implementation
+        compile_config = generation_config.compile_config
+        generation_config.cache_implementation = None
+        generation_config.compile_config = None
+        if cache_implementation not in (None, "static", "dynamic"):
+            raise ValueError(
+                f"cache_implementation={cache_implementation!r} is not supported with recycle_mode={mode!r}: use "
+                "'static' (the compiled fast path), 'dynamic' (the reference loop) or leave it unset."
+            )
+        if recycle_compile is None:
+            recycle_compile = _compiles_like_transformers(
+                cache_implementation, compile_config, generation_config.disable_compile, self.device
+            )
         decoding = functools.partial(
             recycle_decoding,
             recycle_mode=mode,
             num_draft_tokens=1 if mode == "alternate" else num_draft_tokens,
             recycle_streamer=streamer,
+            recycle_cache_implementation=cache_implementation,
+            recycle_compile_options=_compile_options(compile_config, self.device) if recycle_compile else None,
         )
         return GenerationMixin.generate(
             self,
@@ -170,6 +217,49 @@ class RecycleGenerationMixin:
             custom_generate=decoding,
             **kwargs,
         )
+
+    def auto_draft_length(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, generation_config: GenerationConfig
+    ) -> int:
+        """`num_draft_tokens="auto"` for this batch: measured once per model, dtype, device and batch size."""
+        if not isinstance(input_ids, torch.Tensor):
+            raise ValueError("num_draft_tokens='auto' needs input_ids; pass an integer num_draft_tokens instead.")
+        key = calibration_key(self, input_ids.shape[0], "verify")
+        return resolve_auto_draft_length(key, lambda: measure_draft_length(self, input_ids, attention_mask))
+
+
+def check_num_draft_tokens(num_draft_tokens: Any) -> None:
+    """`num_draft_tokens` is "auto" or an integer from 1 to MAX_NUM_DRAFT_TOKENS (not a bool); else a ValueError."""
+    if num_draft_tokens == "auto" and isinstance(num_draft_tokens, str):
+        return
+    if type(num_draft_tokens) is not int or not 1 <= num_draft_tokens <= MAX_NUM_DRAFT_TOKENS:
+        raise ValueError(
+            f"num_draft_tokens must be 'auto' or an integer from 1 to {MAX_NUM_DRAFT_TOKENS}, got "
+            f"{num_draft_tokens!r}."
+        )
+
+
+def _compiles_like_transformers(
+    cache_implementation: str | None, compile_config: CompileConfig | None, disable_compile: bool, device: torch.device
+) -> bool:
+    """transformers' rule for compiling its decoding step: asked for (static cache or a compile config), not
+    disabled, and on an accelerator unless `compile_config._compile_all_devices` is set."""
+    asked = cache_implementation == "static" or compile_config is not None
+    all_devices = compile_config is not None and bool(compile_config._compile_all_devices)
+    return asked and not disable_compile and (device.type != "cpu" or all_devices)
+
+
+def _compile_options(compile_config: CompileConfig | None, device: torch.device) -> dict[str, Any]:
+    """`torch.compile` arguments for the fast path's step: the user's backend, mode and options, one whole graph of
+    static shapes (the step is written for that). CUDA graphs ("reduce-overhead") only where there is CUDA."""
+    config = compile_config or CompileConfig()
+    mode = config.mode if device.type == "cuda" else None
+    options = {"fullgraph": True, "dynamic": False, "backend": config.backend}
+    if config.options:
+        options["options"] = config.options
+    elif mode is not None:
+        options["mode"] = mode
+    return options
 
 
 def _without_recycle_settings(generation_config: GenerationConfig) -> GenerationConfig:
@@ -275,6 +365,17 @@ def speculative_acceptance(
     return num_accepted, next_tokens
 
 
+def slot_columns_needed(batch_size: int, max_new_tokens: int, num_drafts: int) -> int:
+    """Columns the reference loop's slot buffers need past the prompt.
+
+    Each step advances the columns by the most any generating row accepted, plus one. That is at most k + 1 per step
+    and at most the sum over rows of what each row gained, and a row gains at most max_new_tokens (plus k on the step
+    that stops it); the newest token and the last step's drafts need k + 1 more.
+    """
+    advance = min(max_new_tokens * (num_drafts + 1), batch_size * (max_new_tokens + num_drafts))
+    return advance + num_drafts + 1
+
+
 def _forward_fill_states(states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """For each index, the state at the latest valid index at or before it (index 0 must be valid)."""
     indices = torch.arange(states.shape[1], device=states.device).expand(states.shape[0], -1)
@@ -306,7 +407,7 @@ class RecycleDecoder:
         batch_size, prompt_length = prompt_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(prompt_ids)
-        capacity = prompt_length + self.max_new_tokens * (self.k + 1) + 1
+        capacity = prompt_length + slot_columns_needed(batch_size, self.max_new_tokens, self.k)
         self.slot_ids = prompt_ids.new_full((batch_size, capacity), self.pad_token_id)
         self.slot_mask = attention_mask.new_zeros((batch_size, capacity))
         self.slot_positions = prompt_ids.new_zeros((batch_size, capacity))
@@ -549,95 +650,6 @@ class RecycleDecoder:
             self.unfinished_rows = [row for row in self.unfinished_rows if row not in stopped]
 
 
-@dataclass
-class _DecodingSettings:
-    mode: str
-    num_draft_tokens: int
-    do_sample: bool
-    logits_processor: LogitsProcessorList
-    stopping_criteria: StoppingCriteriaList
-    streamer: Any
-    pad_token_id: int
-    max_new_tokens: int
-
-
-# ---------------------------------------------------------------------------------------------- few-row products
-# The loop's forwards run over a few positions per row (the newest token plus k drafts), and on the CPU MKL runs
-# `x @ W^T`, the product `nn.Linear` calls, over 2-15 rows at up to 2-7x its one-row time, while the same product with
-# the operands swapped, `(W @ x^T)^T`, reads W once (SmolLM2's whole forward over 4 tokens: 72 ms against 54 ms; its
-# LM head over 4 rows: 17 ms against 6 ms, on a 2-core EPYC). For one row and from 16 rows on both forms take the
-# same kernel and give the same bits. Which form is faster is a property of the BLAS and the CPU, and of whether the
-# weight is in cache (isolated timings of a small weight mislead), so it is measured on the loop's own calls: the
-# first calls of each weight shape and row count alternate the two forms, then the faster one is kept for the
-# process. Small weights are not worth it.
-FEW_ROWS = range(2, 16)
-MIN_SWAPPED_PRODUCT_WEIGHT_ELEMENTS = 1 << 16
-TIMED_CALLS_PER_FORM = 5
-_swapped_product_is_faster: dict[tuple, bool] = {}
-_product_trials: dict[tuple, tuple[list[float], list[float]]] = {}
-
-
-def _may_swap_product(rows: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (
-        weight.device.type == "cpu"
-        and weight.dim() == 2
-        and rows.shape[0] in FEW_ROWS
-        and weight.numel() >= MIN_SWAPPED_PRODUCT_WEIGHT_ELEMENTS
-        and not torch.is_grad_enabled()
-    )
-
-
-def _swapped_product(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return (weight @ rows.T).T
-
-
-def _timed_trial(key: tuple, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """One product in the form with fewer timed calls so far; decides for `key` once both have enough."""
-    swapped_seconds, plain_seconds = _product_trials.setdefault(key, ([], []))
-    use_swapped = len(swapped_seconds) <= len(plain_seconds)
-    start = time.perf_counter()
-    output = _swapped_product(rows, weight) if use_swapped else F.linear(rows, weight)
-    (swapped_seconds if use_swapped else plain_seconds).append(time.perf_counter() - start)
-    if len(plain_seconds) == TIMED_CALLS_PER_FORM:
-        _swapped_product_is_faster[key] = statistics.median(swapped_seconds) < statistics.median(plain_seconds)
-        _product_trials.pop(key, None)
-    return output
-
-
-def project_rows(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(states, weight, bias)`, computed as `(weight @ rows^T)^T` where that has been measured faster."""
-    rows = states.reshape(-1, states.shape[-1])
-    if not _may_swap_product(rows, weight):
-        return F.linear(states, weight, bias)
-    key = (weight.dtype, tuple(weight.shape), rows.shape[0])
-    swapped_is_faster = _swapped_product_is_faster.get(key)
-    if swapped_is_faster is None:
-        output = _timed_trial(key, rows, weight)
-    elif swapped_is_faster:
-        output = _swapped_product(rows, weight)
-    else:
-        return F.linear(states, weight, bias)
-    if bias is not None:
-        output = output + bias
-    return output.reshape(*states.shape[:-1], weight.shape[0])
-
-
-class FewRowProducts(TorchFunctionMode):
-    """While active, every `F.linear` (base, module and LM head alike) runs as `project_rows`."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not F.linear:
-            return func(*args, **kwargs)
-        arguments = {**dict(zip(("input", "weight", "bias"), args)), **kwargs}
-        return project_rows(arguments["input"], arguments["weight"], arguments.get("bias"))
-
-
-def few_row_products(device: torch.device) -> contextlib.AbstractContextManager:
-    """`FewRowProducts` for a decoding loop on the CPU, where it pays; nothing elsewhere."""
-    return FewRowProducts() if device.type == "cpu" else contextlib.nullcontext()
-
-
 def recycle_decoding(
     model: Any,
     input_ids: torch.LongTensor,
@@ -647,11 +659,14 @@ def recycle_decoding(
     recycle_mode: str = "alternate",
     num_draft_tokens: int = 1,
     recycle_streamer: Any = None,
+    recycle_cache_implementation: str | None = None,
+    recycle_compile_options: dict[str, Any] | None = None,
     **model_kwargs: Any,
 ) -> torch.LongTensor | RecycleGenerateOutput:
-    """The decoding loop `generate` calls (as its `custom_generate`) after its usual preparation."""
+    """The decoding loop `generate` calls (as its `custom_generate`) after its usual preparation: the static fast
+    path where the call allows it, else the reference loop (`RecycleDecoder`)."""
     pad_token_id = generation_config._pad_token_tensor
-    settings = _DecodingSettings(
+    settings = DecodingSettings(
         mode=recycle_mode,
         num_draft_tokens=num_draft_tokens,
         do_sample=bool(generation_config.do_sample),
@@ -661,16 +676,66 @@ def recycle_decoding(
         pad_token_id=int(pad_token_id) if pad_token_id is not None else 0,
         max_new_tokens=generation_config.max_length - input_ids.shape[1],
     )
-    decoder = RecycleDecoder(model, input_ids, model_kwargs.get("attention_mask"), settings)
-    with few_row_products(input_ids.device):
-        sequences = decoder.run()
+    attention_mask = model_kwargs.get("attention_mask")
+    reason = None if recycle_cache_implementation != "dynamic" else "cache_implementation='dynamic' was asked for"
+    reason = reason or static_path_obstacle(model, settings)
+    if reason is not None and recycle_cache_implementation == "static":
+        raise ValueError(f"cache_implementation='static' cannot decode this call: {reason}. Leave it unset to use the "
+                         "reference loop.")
+    use_static_path = reason is None and settings.max_new_tokens > 0
+    with few_row_products(model, input_ids.device):
+        if use_static_path:
+            decoder = StaticRecycleDecoder(model, input_ids, attention_mask, settings,
+                                           generation_config._eos_token_tensor, recycle_compile_options)
+            sequences, stats = decoder.run()
+        else:
+            if reason is not None and recycle_cache_implementation is None:
+                _log_reference_loop_once(reason)
+            loop = RecycleDecoder(model, input_ids, attention_mask, settings)
+            sequences = loop.run()
+            stats = loop.stats.as_dict()
     if generation_config.return_dict_in_generate:
-        return RecycleGenerateOutput(sequences=sequences, recycle_stats=decoder.stats.as_dict())
+        stats.setdefault("tokens_per_base_forward", stats["new_tokens"] / max(1, stats["row_base_forwards"]))
+        if stats.get("acceptance_rate", _UNSET) is _UNSET:
+            drafted = stats["drafted_tokens"]
+            stats["acceptance_rate"] = stats["accepted_drafts"] / drafted if drafted else None
+        stats.update(batch_size=input_ids.shape[0], mode=recycle_mode, num_draft_tokens=num_draft_tokens,
+                     decoding_path="static" if use_static_path else "reference_loop")
+        return RecycleGenerateOutput(sequences=sequences, recycle_stats=stats)
     return sequences
+
+
+# Stopping criteria the fast path applies inside its step (the token budget and EOS).
+_STATIC_STOPPING_CRITERIA = (MaxLengthCriteria, EosTokenCriteria)
+
+
+def static_path_obstacle(model: Any, settings: DecodingSettings) -> str | None:
+    """Why this call cannot run on the static fast path, or None when it can."""
+    for processor in settings.logits_processor:
+        if not isinstance(processor, _CONTEXT_FREE_PROCESSORS):
+            return f"the logits processor {type(processor).__name__} reads the generated context"
+    for criterion in settings.stopping_criteria:
+        if not isinstance(criterion, _STATIC_STOPPING_CRITERIA):
+            return f"the stopping criterion {type(criterion).__name__} runs on the host"
+    base_config = model.config.base_config
+    if base_config._attn_implementation not in ("sdpa", "eager"):
+        return f"attention implementation {base_config._attn_implementation!r} (the fast path builds sdpa/eager masks)"
+    layer_types = getattr(base_config, "layer_types", None) or ["full_attention"]
+    if any(layer_type != "full_attention" for layer_type in layer_types) or getattr(base_config, "use_sliding_window", False):
+        return "the base has sliding-window layers"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _log_reference_loop_once(reason: str) -> None:
+    logger.info("Recycle decoding runs on the reference loop: %s.", reason)
 
 
 __all__ = [
     "DEFAULT_NUM_DRAFT_TOKENS",
+    "MAX_NUM_DRAFT_TOKENS",
+    "check_num_draft_tokens",
+    "static_path_obstacle",
     "RECYCLE_MODES",
     "RecycleDecoder",
     "RecycleGenerateOutput",

@@ -1,0 +1,238 @@
+# Copyright 2026 The recycle-hf team. Licensed under the Apache License, Version 2.0.
+"""`num_draft_tokens="auto"`: the number of drafts per base forward that decodes fastest, 0 meaning plain decoding.
+
+A verify step with k drafts yields E(k) = 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens per row, where a_i is the
+chance that draft i is accepted once drafts 1..i-1 were (the module's acceptance profile), and costs C(k) seconds.
+Plain decoding costs C_plain per token. auto picks the k with the highest E(k) / C(k), and k = 0 (the call goes to
+plain `generate`) unless that beats 1 / C_plain.
+
+Both sides are measured, not assumed, because they depend on the machine, the batch size and the module:
+- C(k) and C_plain are timed on this call's own model and batch shape: a few eager fast-path steps at each k and a
+  few one-token base forwards over the same cache, medians of `TIMED_STEPS` (a fitted cost model would need the same
+  timings and adds a model that can be wrong on a new machine);
+- the acceptance profile comes from the model config (`recycle_acceptance`, measured on held-out text when the module
+  was trained) or, where there is none, from the verify steps of that same calibration.
+A calibration changes which forward shapes run and so, in floating point, can change rounding. So the choice is made
+before the first output and kept: in memory for the process and in a JSON file (`calibration_file()`) for later
+processes, keyed by model, dtype, device, thread count and batch size. The same inputs then give the same k, and the
+same tokens, in every call and process on a machine; delete the file to measure again, or pass an integer k.
+
+This file is remote code: a checkpoint folder carries it, so it imports only torch and transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers.utils import logging
+
+from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
+
+
+logger = logging.get_logger(__name__)
+
+MAX_AUTO_DRAFT_TOKENS = 5
+TIMED_STEPS = 3
+# Steps at the largest k whose accepted counts measure the acceptance profile (with the timed ones).
+ACCEPTANCE_STEPS = 8
+# A calibration's token budget: room for every timed step at the largest k.
+CALIBRATION_TOKENS = (TIMED_STEPS + 2 + ACCEPTANCE_STEPS) * (MAX_AUTO_DRAFT_TOKENS + 1)
+PLAIN_TIMED_TOKENS = 6
+# A draft length must beat plain decoding by this much to be chosen: calibration medians still carry noise.
+PLAIN_MARGIN = 1.05
+_CHOICES: dict[str, int] = {}
+
+
+def expected_tokens_per_step(acceptance: Sequence[float], num_drafts: int) -> float:
+    """E(k): tokens a row gains per verify step with `num_drafts` drafts, from the per-depth acceptance profile."""
+    expected, all_kept = 1.0, 1.0
+    for depth in range(num_drafts):
+        all_kept *= acceptance[min(depth, len(acceptance) - 1)] if acceptance else 0.0
+        expected += all_kept
+    return expected
+
+
+def choose_draft_length(
+    acceptance: Sequence[float], step_seconds: dict[int, float], plain_seconds: float
+) -> int:
+    """The k in `step_seconds` with the highest tokens per second, or 0 where none beats plain decoding."""
+    best_k, best_rate = 0, PLAIN_MARGIN / plain_seconds
+    for num_drafts in sorted(step_seconds):
+        rate = expected_tokens_per_step(acceptance, num_drafts) / step_seconds[num_drafts]
+        if rate > best_rate:
+            best_k, best_rate = num_drafts, rate
+    return best_k
+
+
+def acceptance_profile(accepted_per_step: torch.Tensor, num_drafts: int) -> list[float]:
+    """a_1..a_k from per-row accepted counts of verify steps (each entry one row of one step)."""
+    profile = []
+    for depth in range(num_drafts):
+        reached = (accepted_per_step >= depth).sum().item()
+        kept = (accepted_per_step >= depth + 1).sum().item()
+        profile.append(kept / reached if reached else 0.0)
+    return profile
+
+
+def calibration_file() -> Path:
+    """Where measured choices are kept: $RECYCLE_HF_CALIBRATION, else draft_lengths.json in $RECYCLE_HF_CACHE or
+    ~/.cache/recycle_hf."""
+    explicit = os.environ.get("RECYCLE_HF_CALIBRATION")
+    if explicit:
+        return Path(explicit)
+    folder = os.environ.get("RECYCLE_HF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "recycle_hf")
+    return Path(folder) / "draft_lengths.json"
+
+
+def calibration_key(model: Any, batch_size: int, mode_settings: str) -> str:
+    """Identifies what the timings and the acceptance depend on: weights, config, dtype, device, threads, batch."""
+    weight = model.get_output_embeddings().weight
+    module_checksum = sum(float(p.detach().double().sum()) for p in model.recycle_module.parameters())
+    if weight.device.type == "cuda":
+        device = torch.cuda.get_device_name(weight.device)
+    else:
+        device = f"cpu-{os.cpu_count()}-{torch.get_num_threads()}threads"
+    parts = [
+        model.config.to_json_string(use_diff=False),
+        f"{module_checksum:.10e}",
+        str(weight.dtype),
+        device,
+        f"batch{batch_size}",
+        mode_settings,
+        torch.__version__,
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _read_choices(path: Path) -> dict[str, int]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {key: value for key, value in data.items() if isinstance(value, int)} if isinstance(data, dict) else {}
+
+
+def _write_choice(path: Path, key: str, num_drafts: int) -> None:
+    """Add one choice to the file, atomically (write beside it, then rename), so a kill never leaves half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        choices = _read_choices(path)
+        choices[key] = num_drafts
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+            json.dump(choices, handle, indent=1, sort_keys=True)
+        os.replace(handle.name, path)
+    except OSError as error:  # a read-only home still decodes; it just measures again next process
+        logger.warning("Could not record the draft length in %s: %s", path, error)
+
+
+def median_seconds(run: Callable[[], Any], repeats: int = TIMED_STEPS) -> float:
+    """Median wall time of `run()` over `repeats` calls (device synchronised), after one untimed call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = run()
+        if isinstance(result, torch.Tensor) and result.device.type == "cuda":
+            torch.cuda.synchronize(result.device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure_draft_length(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> int:
+    """Time fast-path steps at k = 1..MAX_AUTO_DRAFT_TOKENS and plain one-token decoding on this batch, measure the
+    module's acceptance on it, and choose (greedy steps, no EOS: a calibration decodes until its budget)."""
+    logger.info(
+        "num_draft_tokens='auto': measuring the fastest draft length for batch size %d (once; kept in %s).",
+        input_ids.shape[0], calibration_file(),
+    )
+    step_seconds: dict[int, float] = {}
+    accepted_counts: list[torch.Tensor] = []
+    for num_drafts in range(1, MAX_AUTO_DRAFT_TOKENS + 1):
+        decoder = _calibration_decoder(model, input_ids, attention_mask, num_drafts)
+        output = decoder.prefill()
+
+        def one_step() -> torch.Tensor:
+            nonlocal output
+            output = decoder.step(output.state)
+            if num_drafts == MAX_AUTO_DRAFT_TOKENS:
+                accepted_counts.append(output.accepted)
+            return output.state.new_counts
+
+        step_seconds[num_drafts] = median_seconds(one_step)
+        if num_drafts == MAX_AUTO_DRAFT_TOKENS:
+            for _ in range(ACCEPTANCE_STEPS):
+                one_step()
+    acceptance = acceptance_profile(torch.cat(accepted_counts), MAX_AUTO_DRAFT_TOKENS)
+    plain_seconds = _plain_token_seconds(model, input_ids, attention_mask)
+    choice = choose_draft_length(acceptance, step_seconds, plain_seconds)
+    logger.info(
+        "num_draft_tokens='auto' chose %d: acceptance by depth %s, step ms by k %s, plain ms per token %.1f.",
+        choice, [round(a, 2) for a in acceptance], {k: round(v * 1e3, 1) for k, v in step_seconds.items()},
+        plain_seconds * 1e3,
+    )
+    return choice
+
+
+def _calibration_decoder(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_drafts: int
+) -> StaticRecycleDecoder:
+    settings = DecodingSettings(
+        mode="verify",
+        num_draft_tokens=num_drafts,
+        do_sample=False,
+        logits_processor=LogitsProcessorList(),
+        stopping_criteria=StoppingCriteriaList(),
+        streamer=None,
+        pad_token_id=0,
+        max_new_tokens=CALIBRATION_TOKENS,
+    )
+    return StaticRecycleDecoder(model, input_ids, attention_mask, settings, eos_token_ids=None)
+
+
+def _plain_token_seconds(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> float:
+    """Seconds per token of the base's own `generate` on this batch: the difference of two budgets, so that the
+    prompt's forward cancels."""
+    def plain(max_new_tokens: int) -> Callable[[], torch.Tensor]:
+        return lambda: model.base_lm.generate(
+            input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=0,
+        )
+
+    short, long = median_seconds(plain(1)), median_seconds(plain(1 + PLAIN_TIMED_TOKENS))
+    return max(long - short, 1e-9) / PLAIN_TIMED_TOKENS
+
+
+def resolve_auto_draft_length(key: str, measure: Callable[[], int]) -> int:
+    """The remembered choice for `key` (this process, then the calibration file), else `measure()` and remember it."""
+    if key in _CHOICES:
+        return _CHOICES[key]
+    path = calibration_file()
+    stored = _read_choices(path).get(key)
+    if stored is None:
+        stored = measure()
+        _write_choice(path, key, stored)
+    _CHOICES[key] = stored
+    return stored
+
+
+__all__ = [
+    "MAX_AUTO_DRAFT_TOKENS",
+    "acceptance_profile",
+    "calibration_file",
+    "calibration_key",
+    "choose_draft_length",
+    "expected_tokens_per_step",
+    "measure_draft_length",
+    "median_seconds",
+    "resolve_auto_draft_length",
+]

@@ -1,0 +1,245 @@
+"""The static fast path: token for token equal to the reference loop and to plain `generate`, one compiled graph,
+automatic fallback, and `num_draft_tokens="auto"`."""
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter
+from transformers import CompileConfig, StoppingCriteria, StoppingCriteriaList
+
+import recycle_hf.draft_length_recyclegpt as draft_length
+import recycle_hf.generation_recyclegpt as generation
+from recycle_hf.draft_length_recyclegpt import MAX_AUTO_DRAFT_TOKENS, expected_tokens_per_step, choose_draft_length
+from recycle_hf.static_generation_recyclegpt import SLOT_BUCKET
+
+from conftest import PAD, left_padded_batch, tiny_recycle_model
+
+
+FAMILIES = ["llama", "opt", "opt-350m-style", "qwen2", "gpt_neox", "gpt2"]
+
+
+def generate_on(path, model, input_ids, attention_mask, **kwargs):
+    """Recycle decoding on the fast path ("static") or the reference loop ("dynamic"), with its statistics."""
+    output = model.generate(input_ids, attention_mask=attention_mask, do_sample=False, return_dict_in_generate=True,
+                            cache_implementation=path, **kwargs)
+    assert output.recycle_stats["decoding_path"] == ("static" if path == "static" else "reference_loop")
+    return output.sequences
+
+
+def plain(model, input_ids, attention_mask, **kwargs):
+    return model.base_lm.generate(input_ids, attention_mask=attention_mask, do_sample=False, **kwargs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_path_equals_reference_loop_and_plain_greedy(family):
+    model = tiny_recycle_model(family)
+    input_ids, attention_mask = left_padded_batch([9, 2, 6], seed=1)
+    expected = plain(model, input_ids, attention_mask, max_new_tokens=12)
+    for k in (1, 2, 3, 4):
+        settings = dict(max_new_tokens=12, recycle_mode="verify", num_draft_tokens=k)
+        assert torch.equal(generate_on("static", model, input_ids, attention_mask, **settings), expected), k
+        assert torch.equal(generate_on("dynamic", model, input_ids, attention_mask, **settings), expected), k
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_path_alternate_equals_reference_loop(family):
+    model = tiny_recycle_model(family)
+    input_ids, attention_mask = left_padded_batch([9, 2, 6], seed=4)
+    for max_new_tokens in (1, 2, 11):
+        settings = dict(max_new_tokens=max_new_tokens, recycle_mode="alternate")
+        assert torch.equal(generate_on("static", model, input_ids, attention_mask, **settings),
+                           generate_on("dynamic", model, input_ids, attention_mask, **settings)), max_new_tokens
+
+
+def test_eos_at_every_position_of_a_step_ends_the_row_as_plain_decoding_does():
+    model = tiny_recycle_model("llama")
+    input_ids, attention_mask = left_padded_batch([7, 3, 5], seed=3)
+    width = input_ids.shape[1]
+    free = plain(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=None, pad_token_id=PAD)
+    tested = 0
+    for position in range(10):
+        eos = int(free[0, width + position])
+        if eos in free[0, width : width + position].tolist():
+            continue  # an earlier EOS would end the row first
+        tested += 1
+        expected = plain(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=PAD)
+        for k in (1, 3, 4):
+            ours = generate_on("static", model, input_ids, attention_mask, max_new_tokens=10, recycle_mode="verify",
+                               num_draft_tokens=k, eos_token_id=eos, pad_token_id=PAD)
+            assert torch.equal(ours, expected), (position, k)
+    assert tested >= 6
+
+
+def test_every_small_token_budget():
+    model = tiny_recycle_model("opt")
+    input_ids, attention_mask = left_padded_batch([5, 8, 3], seed=6)
+    for max_new_tokens in range(1, 10):
+        expected = plain(model, input_ids, attention_mask, max_new_tokens=max_new_tokens)
+        for k in (1, 3):
+            ours = generate_on("static", model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                               recycle_mode="verify", num_draft_tokens=k)
+            assert torch.equal(ours, expected), (max_new_tokens, k)
+
+
+def test_several_eos_tokens_and_absolute_max_length():
+    model = tiny_recycle_model("qwen2")
+    input_ids, attention_mask = left_padded_batch([6, 4], seed=8)
+    free = plain(model, input_ids, attention_mask, max_new_tokens=12, eos_token_id=None, pad_token_id=PAD)
+    width = input_ids.shape[1]
+    eos = [int(free[0, width + 5]), int(free[1, width + 2])]
+    settings = dict(max_length=width + 12, eos_token_id=eos, pad_token_id=PAD)
+    expected = plain(model, input_ids, attention_mask, **settings)
+    ours = generate_on("static", model, input_ids, attention_mask, recycle_mode="verify", num_draft_tokens=3,
+                       **settings)
+    assert torch.equal(ours, expected)
+
+
+def test_context_free_warpers_run_inside_the_step():
+    model = tiny_recycle_model("llama")
+    input_ids, attention_mask = left_padded_batch([6, 4], seed=2)
+    settings = dict(max_new_tokens=10, do_sample=True, top_k=1, temperature=0.7, top_p=0.9)
+    expected = model.base_lm.generate(input_ids, attention_mask=attention_mask, **settings)
+    output = model.generate(input_ids, attention_mask=attention_mask, recycle_mode="verify", num_draft_tokens=3,
+                            return_dict_in_generate=True, **settings)
+    assert output.recycle_stats["decoding_path"] == "static"
+    assert torch.equal(output.sequences, expected)  # top_k=1 makes sampling greedy
+
+
+class StopAfter(StoppingCriteria):
+    def __init__(self, length):
+        self.length = length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("needs_context", [
+    dict(repetition_penalty=1.7),
+    dict(no_repeat_ngram_size=2),
+    dict(min_new_tokens=4),
+    "custom_stopping_criterion",
+])
+def test_calls_that_need_the_whole_context_go_to_the_reference_loop_and_equal_plain(needs_context):
+    model = tiny_recycle_model("llama")
+    input_ids, attention_mask = left_padded_batch([7, 4], seed=5)
+    if needs_context == "custom_stopping_criterion":
+        needs_context = dict(stopping_criteria=StoppingCriteriaList([StopAfter(input_ids.shape[1] + 6)]))
+    settings = dict(max_new_tokens=10, pad_token_id=PAD, **needs_context)
+    expected = plain(model, input_ids, attention_mask, **settings)
+    output = model.generate(input_ids, attention_mask=attention_mask, recycle_mode="verify", num_draft_tokens=2,
+                            return_dict_in_generate=True, **settings)
+    assert output.recycle_stats["decoding_path"] == "reference_loop"
+    assert torch.equal(output.sequences, expected)
+    with pytest.raises(ValueError, match="cache_implementation='static' cannot decode this call"):
+        model.generate(input_ids, attention_mask=attention_mask, recycle_mode="verify", num_draft_tokens=2,
+                       cache_implementation="static", **settings)
+
+
+def test_static_caches_are_reused_by_calls_of_the_same_size():
+    model = tiny_recycle_model("llama")
+    for call, (seed, lengths) in enumerate(((1, [9, 2, 6]), (2, [4, 8, 7]))):
+        input_ids, attention_mask = left_padded_batch(lengths, seed=seed)
+        model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8, recycle_mode="verify",
+                       num_draft_tokens=2)
+        if call == 0:
+            caches = dict(model._recycle_static_caches)
+    assert model._recycle_static_caches == caches
+    (batch_size, num_slots, _, _), = caches
+    assert (batch_size, num_slots) == (3, SLOT_BUCKET)
+
+
+# --------------------------------------------------------------------------------------------------- compiled
+def compile_config(backend="inductor"):
+    config = CompileConfig(backend=backend)
+    config._compile_all_devices = True  # transformers' own switch for compiling on the CPU
+    return config
+
+
+def test_one_compiled_graph_for_every_step_and_for_prompts_within_a_bucket():
+    torch._dynamo.reset()
+    model = tiny_recycle_model("llama")
+    counter = CompileCounter()
+    for seed, lengths in ((1, [9, 2, 6]), (2, [3, 7, 5])):
+        input_ids, attention_mask = left_padded_batch(lengths, seed=seed)
+        expected = plain(model, input_ids, attention_mask, max_new_tokens=12)
+        output = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=12, do_sample=False,
+                                recycle_mode="verify", num_draft_tokens=2, compile_config=compile_config(counter),
+                                return_dict_in_generate=True)
+        assert output.recycle_stats["base_forwards"] > 3
+        assert torch.equal(output.sequences, expected)
+    assert counter.frame_count == 1  # one graph, traced once, used by every step of both calls
+    torch._dynamo.reset()
+
+
+def test_inductor_compiled_step_equals_plain_greedy():
+    torch._dynamo.reset()
+    model = tiny_recycle_model("llama")
+    input_ids, attention_mask = left_padded_batch([6, 3], seed=11)
+    expected = plain(model, input_ids, attention_mask, max_new_tokens=10)
+    output = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=10, do_sample=False,
+                            recycle_mode="verify", num_draft_tokens=2, compile_config=compile_config(),
+                            return_dict_in_generate=True)
+    assert torch.equal(output.sequences, expected)
+    assert output.recycle_stats["compile_seconds"] > 0
+    torch._dynamo.reset()
+
+
+def test_no_compilation_on_the_cpu_unless_asked_for_as_transformers_is_asked():
+    model = tiny_recycle_model("llama")
+    input_ids, attention_mask = left_padded_batch([5], seed=1)
+    plain_config = CompileConfig()  # without _compile_all_devices: transformers would not compile on the CPU
+    for kwargs in ({}, dict(cache_implementation="static"), dict(compile_config=plain_config)):
+        output = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=6, recycle_mode="verify",
+                                num_draft_tokens=2, return_dict_in_generate=True, **kwargs)
+        assert output.recycle_stats["compile_seconds"] == 0
+
+
+# ------------------------------------------------------------------------------------------ num_draft_tokens
+def test_expected_tokens_and_the_choice_of_k():
+    assert expected_tokens_per_step([0.5, 0.5], 2) == 1.75
+    costs = {1: 1.2, 2: 1.4, 3: 1.6}
+    assert choose_draft_length([0.0], costs, plain_seconds=1.0) == 0
+    assert choose_draft_length([1.0], costs, plain_seconds=1.0) == 3
+    assert choose_draft_length([0.9, 0.2, 0.1], costs, plain_seconds=1.0) == 1
+
+
+def oracle_model(agrees):
+    """A model whose LM head is zero: base and module both predict token 0 everywhere, so every draft is accepted;
+    with a draft vocabulary without token 0, no draft ever is."""
+    model = tiny_recycle_model("llama", seed=3)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()
+    if not agrees:
+        model.set_draft_vocabulary(torch.arange(1, 40))
+    return model
+
+
+@pytest.mark.parametrize("agrees", [True, False])
+def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, tmp_path):
+    monkeypatch.setenv("RECYCLE_HF_CALIBRATION", str(tmp_path / "draft_lengths.json"))
+    monkeypatch.setattr(draft_length, "_CHOICES", {})
+    model = oracle_model(agrees)
+    input_ids, attention_mask = left_padded_batch([6, 4], seed=2)
+    expected = plain(model, input_ids, attention_mask, max_new_tokens=8)
+    output = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8, recycle_mode="verify",
+                            return_dict_in_generate=True)
+    assert torch.equal(output.sequences, expected)
+    if agrees:
+        # Every draft pays, so a long draft wins; which of the longest is fastest is the timings' call.
+        assert output.recycle_stats["num_draft_tokens"] >= MAX_AUTO_DRAFT_TOKENS - 2
+        assert output.recycle_stats["tokens_per_base_forward"] > 3
+    else:
+        assert getattr(output, "recycle_stats", None) is None  # k = 0: the base's own generate ran
+    # Kept: neither a later call in this process nor a new process measures again.
+    monkeypatch.setattr(generation, "measure_draft_length", lambda *args: pytest.fail("measured twice"))
+    model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify")
+    monkeypatch.setattr(draft_length, "_CHOICES", {})
+    model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify")
+    assert (tmp_path / "draft_lengths.json").is_file()
+
+
+def test_num_draft_tokens_is_validated():
+    model = tiny_recycle_model("llama")
+    input_ids, _ = left_padded_batch([4])
+    for bad in (True, 0, -1, 17, 2.0, "three"):
+        with pytest.raises(ValueError, match="num_draft_tokens must be 'auto' or an integer from 1 to 16"):
+            model.generate(input_ids, max_new_tokens=3, recycle_mode="verify", num_draft_tokens=bad)
