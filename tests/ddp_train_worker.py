@@ -37,8 +37,9 @@ def permutation_chain_blocks(num_blocks: int, block_size: int, seed: int = 0) ->
     return TokenBlockDataset(stream, block_size, pad_token_id=0)
 
 
-def tiny_training_arguments(output_dir: str | Path, **overrides):
-    """`RecycleTrainingArguments` for short CPU runs on tiny models: no saving, no logging integrations."""
+def tiny_training_arguments(output_dir: str | Path, arguments_class: type | None = None, **overrides):
+    """`RecycleTrainingArguments` (or `arguments_class`) for short CPU runs on tiny models: no saving, no logging
+    integrations."""
     from recycle_hf.training import RecycleTrainingArguments
 
     settings = dict(
@@ -54,7 +55,7 @@ def tiny_training_arguments(output_dir: str | Path, **overrides):
         seed=0,
     )
     settings.update(overrides)
-    return RecycleTrainingArguments(**settings)
+    return (arguments_class or RecycleTrainingArguments)(**settings)
 
 
 def main(output_dir: str) -> None:

@@ -93,7 +93,7 @@ class RecycleTrainingArguments(TrainingArguments):
     distill_weight: float = field(default=0.0, metadata={"help": "Weight of the KL loss to the base's distribution."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Temperature of the distillation loss."})
     state_loss_weight: float = field(default=0.0, metadata={"help": "Weight of the state regression loss."})
-    lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the base's LM loss when LoRA trains."})
+    lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the base's LM loss when the base trains."})
     draft_depth: int = field(default=1, metadata={"help": "Chained drafts trained per position (training-time test)."})
     draft_depth_decay: float = field(default=0.8, metadata={"help": "Loss weight ratio between successive depths."})
 
@@ -143,7 +143,8 @@ class RecycleTrainingModel(nn.Module):
     A frozen base runs in eval mode (no dropout: the module learns the states it will see when decoding) and
     without autograd, or not at all when the batch carries its precomputed `base_states` (see [`BaseStateDataset`]).
     With LoRA layers on the base (trainable base parameters) the base runs with autograd and its own cross-entropy
-    joins the loss, weighted by `lm_loss_weight`.
+    joins the loss, weighted by `lm_loss_weight`. `recycle_loss_weight` scales the module's part of the loss (joint
+    training of base and module, `recycle_hf.pretraining`).
     """
 
     # The loss is a per-batch mean: Trainer scales it for gradient accumulation itself.
@@ -158,9 +159,11 @@ class RecycleTrainingModel(nn.Module):
         state_loss_weight: float = 0.0,
         draft_depth: int = 1,
         draft_depth_decay: float = 0.8,
+        recycle_loss_weight: float = 1.0,
     ):
         super().__init__()
         self.model = model
+        self.recycle_loss_weight = recycle_loss_weight
         self.distill_weight = distill_weight
         self.distill_temperature = distill_temperature
         self.lm_loss_weight = lm_loss_weight
@@ -235,6 +238,8 @@ class RecycleTrainingModel(nn.Module):
                 statistics.update(depth_statistics)
             elif depth == 2 and "base_agreement" in depth_statistics:
                 statistics["second_draft_agreement"] = depth_statistics["base_agreement"]
+        if self.recycle_loss_weight != 1.0:
+            loss = self.recycle_loss_weight * loss
         if base_trainable:
             lm_loss = F.cross_entropy(base_logits, target_ids)
             loss = loss + self.lm_loss_weight * lm_loss
@@ -388,10 +393,13 @@ class RecycleTrainer(Trainer):
             )
         self.recycle_model = model
         self.base_model_name_or_path = base_model_name_or_path
-        wrapper = RecycleTrainingModel(model, **loss_settings(args))
-        super().__init__(model=wrapper, args=args, **kwargs)
+        super().__init__(model=self._training_model(model, args), args=args, **kwargs)
         self._metric_sums: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
         self._metric_counts: dict[str, dict[str, int]] = {"train": {}, "eval": {}}
+
+    def _training_model(self, model: RecycleGPTForCausalLM, args: RecycleTrainingArguments) -> RecycleTrainingModel:
+        """The wrapper `Trainer` trains (subclasses choose another loss)."""
+        return RecycleTrainingModel(model, **loss_settings(args))
 
     def compute_loss(
         self,
