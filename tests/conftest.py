@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -18,6 +20,8 @@ from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
 
 
 VOCAB_SIZE = 101
+# Slices of the benchmark files for the `*_local` eval tasks; provenance and licences in its MANIFEST.md.
+TEST_DATA_DIR = Path(__file__).resolve().parent / "data"
 PAD, EOS, BOS = 0, 1, 2
 
 
@@ -57,6 +61,22 @@ def tiny_recycle_model(family: str, seed: int = 0, **recycle_settings) -> Recycl
 def tiny_base_model(family: str, seed: int = 0):
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_base_config(family)).eval()
+
+
+def save_tiny_base_with_tokenizer(folder: Path, **config_overrides) -> None:
+    """A tiny random LLaMA base (seed 0) and a word-level tokenizer ("t3" .. "t100" are tokens 3 .. 100) in `folder`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": PAD, "</s>": EOS, "<s>": BOS, **{f"t{index}": index for index in range(3, VOCAB_SIZE)}}
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="t3"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="t3"
+    )
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_base_config("llama", **config_overrides)).save_pretrained(folder)
 
 
 def left_padded_batch(prompt_lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

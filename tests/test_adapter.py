@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from conftest import PAD, VOCAB_SIZE, left_padded_batch, tiny_base_config, tiny_base_model
@@ -19,6 +21,7 @@ import recycle_hf.adapter as adapter_module
 from recycle_hf import RecycleGPTForCausalLM, graft_recycle_module, load_recycle_adapter
 from recycle_hf.adapter import (
     ADAPTER_CONFIG_NAME,
+    ADAPTER_FORMAT_VERSION,
     ADAPTER_WEIGHTS_NAME,
     add_base_lora,
     base_lora_config,
@@ -358,9 +361,111 @@ def test_smollm2_adapter_is_small_and_reloads_exactly(tmp_path, smollm2):
 
 
 def test_missing_adapter_folder_gets_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="neither a local adapter folder nor a Hub repository"):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match=f"The adapter folder {tmp_path / 'no-such-adapter'} does not exist"):
         load_recycle_adapter(tiny_base_model("llama"), str(tmp_path / "no-such-adapter"))
+    # A name that can be a Hub repository is looked up there (offline here).
+    with pytest.raises(FileNotFoundError, match="neither a local adapter folder nor a Hub repository"):
+        load_recycle_adapter(tiny_base_model("llama"), "no-such-owner/no-such-adapter")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"adapter_type": "recyclegpt", ', "is not valid JSON"),
+        ('["recyclegpt"]', "must hold a JSON object, not a list"),
+        ('"recyclegpt"', "must hold a JSON object, not a str"),
+        ('{"adapter_type": "recyclegpt", "recycle_settings": [1]}', "'recycle_settings' must be a JSON object or null"),
+    ],
+    ids=["truncated", "list", "string", "settings-list"],
+)
+def test_malformed_adapter_config_is_refused_naming_the_file(tmp_path, content, message):
+    folder = tmp_path / "adapter"
+    _trained_graft("llama").save_adapter(folder)
+    (folder / ADAPTER_CONFIG_NAME).write_text(content)
+    with pytest.raises(ValueError, match=f"{folder / ADAPTER_CONFIG_NAME}.*{message}"):
+        load_recycle_adapter(tiny_base_model("llama"), folder)
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())
+    config.update(changes)
+    (folder / ADAPTER_CONFIG_NAME).write_text(json.dumps(config))
+
+
+def test_newer_adapter_format_is_refused_and_unknown_keys_are_logged(tmp_path, caplog):
+    folder = tmp_path / "adapter"
+    model = _trained_graft("llama")
+    model.save_adapter(folder)
+    assert json.loads((folder / ADAPTER_CONFIG_NAME).read_text())["format_version"] == ADAPTER_FORMAT_VERSION
+
+    _edit_config(folder, format_version=ADAPTER_FORMAT_VERSION + 1, recycle_hf_version="9.0.0")
+    with pytest.raises(ValueError, match=r"adapter format 2 \(written by recycle-hf 9.0.0\).*Upgrade recycle-hf"):
+        load_recycle_adapter(tiny_base_model("llama"), folder)
+    _edit_config(folder, format_version="1")
+    with pytest.raises(ValueError, match="format_version must be a positive integer"):
+        load_recycle_adapter(tiny_base_model("llama"), folder)
+
+    _edit_config(folder, format_version=ADAPTER_FORMAT_VERSION, draft_head="tied", zz_extra=1)
+    with caplog.at_level(logging.WARNING, logger="recycle_hf.adapter"):
+        loaded = load_recycle_adapter(tiny_base_model("llama"), folder)
+    assert "ignoring unknown keys draft_head, zz_extra (written by recycle-hf 9.0.0" in caplog.text
+    assert torch.equal(_outputs(loaded).recycle_logits, _outputs(model).recycle_logits)
+
+
+def test_adapters_without_a_format_version_still_load(tmp_path):
+    folder = tmp_path / "adapter"
+    model = _trained_graft("llama")
+    model.save_adapter(folder)
+    config = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())
+    del config["format_version"]  # as the first adapters (and the shipped one) were written
+    (folder / ADAPTER_CONFIG_NAME).write_text(json.dumps(config))
+    assert torch.equal(_outputs(load_recycle_adapter(tiny_base_model("llama"), folder)).recycle_logits,
+                       _outputs(model).recycle_logits)
+
+
+def test_the_module_takes_the_bases_dtype_whatever_dtype_the_adapter_stores(tmp_path, caplog):
+    folder = tmp_path / "adapter"
+    model = _trained_graft("llama")
+    model.recycle_module.to(torch.float16)
+    model.save_adapter(folder)  # stored as float16, like the shipped module
+    assert json.loads((folder / ADAPTER_CONFIG_NAME).read_text())["dtype"] == "float16"
+    with caplog.at_level(logging.INFO, logger="recycle_hf.adapter"):
+        loaded = load_recycle_adapter(tiny_base_model("llama"), folder)
+    assert "float16 weights are cast to the base's torch.float32" in caplog.text
+    assert {parameter.dtype for parameter in loaded.recycle_module.parameters()} == {torch.float32}
+    stored = model.recycle_module.state_dict()
+    for name, tensor in loaded.recycle_module.state_dict().items():
+        assert torch.equal(tensor, stored[name].float()), name
+
+    bfloat16_base = tiny_base_model("llama").to(torch.bfloat16)
+    on_bfloat16 = load_recycle_adapter(bfloat16_base, folder)
+    assert {parameter.dtype for parameter in on_bfloat16.recycle_module.parameters()} == {torch.bfloat16}
+
+    for bad in ("float65", "int8", 16):
+        _edit_config(folder, dtype=bad)
+        with pytest.raises(ValueError, match=f"dtype must name a floating-point torch dtype, got {bad!r}"):
+            load_recycle_adapter(tiny_base_model("llama"), folder)
+
+
+@pytest.mark.parametrize("kept_bytes", [6, 100, -4], ids=["no-header-length", "half-header", "data-cut"])
+def test_a_truncated_adapter_weights_file_is_named(tmp_path, kept_bytes):
+    folder = tmp_path / "adapter"
+    _trained_graft("llama").save_adapter(folder)
+    weights = folder / ADAPTER_WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:kept_bytes])
+    with pytest.raises(ValueError, match=f"{weights} is not a complete safetensors file"):
+        load_recycle_adapter(tiny_base_model("llama"), folder)
+
+
+def test_module_settings_that_do_not_fit_name_the_config_file(tmp_path):
+    folder = tmp_path / "adapter"
+    _trained_graft("llama").save_adapter(folder)
+    config = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())
+    config["recycle_settings"]["recycle_num_attention_heads"] = 5  # does not divide the hidden size 32
+    (folder / ADAPTER_CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"{folder / ADAPTER_CONFIG_NAME}: the module settings do not fit"):
+        load_recycle_adapter(tiny_base_model("llama"), folder)
 
 
 def test_draft_vocabulary_is_saved_and_restored_with_the_module(tmp_path):

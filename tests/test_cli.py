@@ -1,4 +1,4 @@
-"""The `recycle-hf` command line: init presets, distill, and the top-level dispatcher."""
+"""The `recycle-hf` command line: init presets, distill, the top-level dispatcher and its one-line user errors."""
 
 import json
 import subprocess
@@ -6,10 +6,15 @@ import sys
 
 import pytest
 import torch
+from conftest import save_tiny_base_with_tokenizer, tiny_base_config
 from transformers import AutoModelForCausalLM
 
+import recycle_hf.loading as loading
+from recycle_hf import RecycleGPTForCausalLM, graft_recycle_module
 from recycle_hf.cli import COMMANDS, main
+from recycle_hf.commands import bounded
 from recycle_hf.distill import read_prompts
+from recycle_hf.errors import InputNotFoundError
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -42,7 +47,7 @@ def test_distill_writes_the_base_models_own_greedy_continuations(tmp_path, smoll
     subprocess.run(command, check=True)
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert sorted(record["prompt"] for record in records) == ["Count to three.", "Name a color."]
-    assert not list(tmp_path.glob(".data.jsonl.partial"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data.jsonl", "prompts.txt"]  # no partial file
     record = records[0]
     assert record["text"].endswith(record["completion"])
     prefix = record["text"][: -len(record["completion"])]
@@ -58,6 +63,75 @@ def test_read_prompts_accepts_txt_and_jsonl(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "?"}) + "\n")
     with pytest.raises(ValueError, match="'prompt' or 'text'"):
         read_prompts([tmp_path / "bad.jsonl"])
+    (tmp_path / "broken.jsonl").write_text('{"prompt": \n')
+    with pytest.raises(ValueError, match=f"{tmp_path / 'broken.jsonl'}:1: not valid JSON"):
+        read_prompts([tmp_path / "broken.jsonl"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_prompts([tmp_path / "missing.txt"])
+
+
+def _one_line_error(capsys) -> str:
+    """The one error line on stderr (loading progress bars may come before it), and no traceback."""
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("recycle-hf")]
+    assert len(lines) == 1 and captured.err.rstrip().endswith(lines[0]), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["generate", "hi", "--max-new-tokens", "-5"], "argument --max-new-tokens: expected an integer >= 1, got '-5'"),
+        (["generate", "hi", "--num-draft-tokens", "0"], "argument --num-draft-tokens: expected an integer >= 1"),
+        (["generate", "hi", "--top-p", "1.5"], "argument --top-p: expected a number in (0, 1], got '1.5'"),
+        (["generate", "hi", "--temperature", "nan"], "argument --temperature: expected a number > 0"),
+        (["distill", "--prompts", "p.txt", "--output", "o.jsonl", "--batch-size", "x"], "expected an integer >= 1"),
+        (["train", "--data", "d.jsonl", "--output", "o", "--block-size", "1"], "expected an integer >= 2, got '1'"),
+        (["train", "--data", "d.jsonl", "--output", "o", "--distill-weight", "2"], "expected a number in [0, 1]"),
+    ],
+)
+def test_bad_option_values_are_one_line_with_status_2(arguments, expected, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(arguments)
+    assert raised.value.code == 2
+    line = _one_line_error(capsys)
+    assert line.startswith(f"recycle-hf {arguments[0]}: error: ") and expected in line
+    assert f"see `recycle-hf {arguments[0]} --help`" in line
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    """A tiny base with a tokenizer, and an adapter trained on a base of another hidden size."""
+    root = tmp_path_factory.mktemp("cli")
+    save_tiny_base_with_tokenizer(root / "base")
+    other_base = AutoModelForCausalLM.from_config(tiny_base_config("llama", hidden_size=64))
+    graft_recycle_module(other_base).save_adapter(root / "other-adapter")
+    return root
+
+
+def test_user_errors_are_one_line_with_status_2(tiny_folders, tmp_path, monkeypatch, capsys):
+    base = tiny_folders / "base"
+    assert main(["generate", "hi", "--model", "/no/such/folder"]) == 2
+    assert _one_line_error(capsys) == "recycle-hf generate: error: The model folder /no/such/folder does not exist."
+    assert main(["generate", "hi", "--model", str(tmp_path)]) == 2
+    assert f"The model folder {tmp_path} has no config.json" in _one_line_error(capsys)
+
+    assert main(["generate", "hi", "--base", str(base), "--adapter", str(tiny_folders / "other-adapter")]) == 2
+    line = _one_line_error(capsys)
+    assert "trained on another base" in line and "hidden_size: adapter 64, base 32" in line
+
+    train = ["train", "--base", str(base), "--data", str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "out")]
+    assert main(train) == 2
+    assert "No training file matches" in _one_line_error(capsys)
+
+    def build(*args, **kwargs):
+        raise AssertionError("a model was built")  # (a plain folder would otherwise build a 7B LLaMA)
+
+    monkeypatch.setattr(RecycleGPTForCausalLM, "__init__", build)
+    assert main(["generate", "hi", "--model", str(base)]) == 2
+    line = _one_line_error(capsys)
+    assert "is not a RecycleGPT checkpoint" in line and f"--base {base} --adapter" in line
 
 
 def test_init_paper_preset_writes_a_checkpoint_that_loads(tmp_path):
@@ -70,3 +144,34 @@ def test_init_paper_preset_writes_a_checkpoint_that_loads(tmp_path):
     assert model.dtype == torch.bfloat16
     assert model.config.base_config.num_hidden_layers == 24 and model.config.base_config.hidden_size == 2048
     assert 0.14 < module / base < 0.17
+
+
+def test_base_without_adapter_fails_before_loading_the_base(tiny_folders, monkeypatch, capsys):
+    def load_base(*args, **kwargs):
+        raise AssertionError("the base was loaded")
+
+    monkeypatch.setattr(loading, "load_base", load_base)
+    assert main(["generate", "hi", "--base", str(tiny_folders / "base")]) == 2
+    assert "--base needs --adapter" in _one_line_error(capsys)
+
+
+def test_debug_log_level_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, capsys):
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        main(["--log-level", "debug", "generate", "hi", "--model", "/no/such/folder"])
+
+    def buggy_load(args):
+        raise ValueError("an internal bug, not the user's doing")
+
+    monkeypatch.setattr("recycle_hf.commands.generate.load_recycle_model_from_args", buggy_load)
+    with pytest.raises(ValueError, match="internal bug"):
+        main(["generate", "hi"])
+    assert main(["--log-level", "loud", "generate", "hi"]) == 2
+    assert "unknown --log-level 'loud'" in _one_line_error(capsys)
+
+
+def test_bounded_option_types():
+    assert bounded(int, 1)("3") == 3 and bounded(float, 0, 1)("0") == 0.0
+    positive = bounded(float, 0, exclusive_minimum=True)
+    for parse, text in ((bounded(int, 1), "0"), (bounded(int, 1), "2.5"), (positive, "0"), (bounded(float, 0, 1), "inf")):
+        with pytest.raises(Exception, match="expected"):
+            parse(text)

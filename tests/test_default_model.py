@@ -24,6 +24,8 @@ from recycle_hf.cli import main
 from recycle_hf.commands import generate as generate_command
 from recycle_hf.loading import load_recycle_model
 
+from conftest import TEST_DATA_DIR
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 HELDOUT_PROMPTS = (REPOSITORY / "examples" / "data" / "heldout_prompts.txt").read_text().splitlines()
 
@@ -127,13 +129,11 @@ def test_missing_wheel_error_names_the_pip_command(monkeypatch):
 
 
 def test_lm_eval_on_the_real_model_std_matches_hf_and_rec_scores(default_model):
-    """A short offline run (PIQA, 20 documents): std equals lm-eval's `hf` on the same base; rec is a score too."""
+    """A short offline run (PIQA, the first 20 documents, from tests/data): std equals lm-eval's `hf` on the same
+    base; rec is a score too."""
     from recycle_hf.eval import RecycleGPTLM, task_manager
 
-    data_dir = REPOSITORY.parent / "shared" / "data"
-    if not (data_dir / "piqa" / "valid.jsonl").is_file():
-        pytest.fail(f"Benchmark data missing under {data_dir}; restore ../shared/data (see its MANIFEST.md).")
-    manager = task_manager(include_defaults=False, metadata={"data_dir": str(data_dir)})
+    manager = task_manager(include_defaults=False, metadata={"data_dir": str(TEST_DATA_DIR)})
     model, tokenizer = default_model
     scores = {}
     for name, lm in {

@@ -31,10 +31,10 @@ from recycle_hf.eval import DATA_DIR_ENV, EVAL_MODES, LOCAL_TASKS, SUITE_TASKS, 
 from recycle_hf.eval import local_data
 from recycle_hf.eval.cli import _with_package_tasks
 
-from conftest import BOS, EOS, PAD, VOCAB_SIZE, tiny_base_config
+from conftest import BOS, EOS, PAD, TEST_DATA_DIR, VOCAB_SIZE, tiny_base_config
 
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_DIR = TEST_DATA_DIR
 DATA_FILES = (
     "piqa/valid.jsonl",
     "piqa/valid-labels.lst",
@@ -81,24 +81,11 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
+    """The first 60 records of every benchmark file, kept in the repository (tests/data/MANIFEST.md)."""
     missing = [name for name in DATA_FILES if not (DATA_DIR / name).is_file()]
     if missing:
-        pytest.fail(
-            f"Benchmark data missing under {DATA_DIR}: {', '.join(missing)}. The eval tests read the shared "
-            "../shared/data folder (see its MANIFEST.md); restore it, do not copy data into the repository."
-        )
+        pytest.fail(f"Test data missing under {DATA_DIR}: {', '.join(missing)} (see tests/data/MANIFEST.md).")
     return DATA_DIR
-
-
-@pytest.fixture(scope="module")
-def data_subset(data_dir, tmp_path_factory) -> Path:
-    """The first 60 records of every benchmark file (in the same layout), for tests that need no more."""
-    subset = tmp_path_factory.mktemp("data_subset")
-    for name in DATA_FILES:
-        (subset / name).parent.mkdir(parents=True, exist_ok=True)
-        with (data_dir / name).open(encoding="utf-8") as source:
-            (subset / name).write_text("".join(line for _, line in zip(range(60), source)), encoding="utf-8")
-    return subset
 
 
 @pytest.fixture(scope="module")
@@ -396,8 +383,8 @@ def test_generate_until_honours_max_gen_toks_and_stop_strings(recycle_lms):
 
 # ---------------------------------------------------------------------------------------------------- tasks
 @pytest.mark.parametrize("local_name", sorted(BUILTIN_TASK_YAMLS))
-def test_local_task_builds_lm_evals_own_requests(local_name, data_subset):
-    local_tasks = task_manager(include_defaults=False, metadata={"data_dir": str(data_subset)})
+def test_local_task_builds_lm_evals_own_requests(local_name, data_dir):
+    local_tasks = task_manager(include_defaults=False, metadata={"data_dir": str(data_dir)})
     local_config = load_yaml(TASKS_DIR / f"{local_name}.yaml")
     builtin_on_local_data = {
         **load_yaml(LM_EVAL_TASKS_DIR / BUILTIN_TASK_YAMLS[local_name]),
@@ -470,14 +457,31 @@ def test_local_data_errors_name_the_missing_folder_or_file(tmp_path, monkeypatch
         local_data.lambada_openai()
 
 
-def test_local_data_matches_the_release_files(data_dir):
+def test_local_data_reads_every_record_of_the_files(data_dir):
+    piqa_lines = (data_dir / "piqa" / "valid.jsonl").read_text().splitlines()
     piqa = local_data.piqa(data_dir=str(data_dir))["validation"]
     labels = (data_dir / "piqa" / "valid-labels.lst").read_text().split()
-    assert len(piqa) == 1838 and [str(label) for label in piqa["label"]] == labels
+    assert len(piqa) == len(piqa_lines) == len(labels) and [str(label) for label in piqa["label"]] == labels
+    assert piqa[-1]["goal"] == json.loads(piqa_lines[-1])["goal"]
+    boolq_lines = (data_dir / "boolq" / "boolq_validation.jsonl").read_text().splitlines()
     boolq = local_data.boolq(data_dir=str(data_dir))["validation"]
-    first = json.loads((data_dir / "boolq" / "boolq_validation.jsonl").open().readline())
-    assert len(boolq) == 3270
-    assert (boolq[0]["question"], boolq[0]["label"]) == (first["question"], int(first["answer"]))
+    assert len(boolq) == len(boolq_lines)
+    for row, line in ((boolq[0], boolq_lines[0]), (boolq[-1], boolq_lines[-1])):
+        record = json.loads(line)
+        assert (row["question"], row["label"]) == (record["question"], int(record["answer"]))
+
+
+def test_test_data_lies_in_the_repository_and_is_described():
+    """A fresh clone has no data beside it: every benchmark file the tests read is in tests/data, with provenance."""
+    repository = Path(__file__).resolve().parents[1]
+    assert DATA_DIR.is_relative_to(repository)
+    manifest = (DATA_DIR / "MANIFEST.md").read_text()
+    for name in DATA_FILES:
+        assert f"`{name}`" in manifest, name
+        assert len((DATA_DIR / name).read_text().splitlines()) >= 2 * LIMIT, name  # few-shot needs other documents
+    assert sorted(str(p.relative_to(DATA_DIR)) for p in DATA_DIR.rglob("*") if p.is_file()) == sorted(
+        [*DATA_FILES, "MANIFEST.md"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- model arguments
@@ -515,7 +519,7 @@ def test_package_tasks_come_first_on_the_include_path():
     assert _with_package_tasks(Namespace(include_path=None)).include_path == [str(TASKS_DIR)]
 
 
-def test_python_m_recycle_hf_eval_runs_local_tasks_and_writes_results(checkpoints, data_subset, tmp_path):
+def test_python_m_recycle_hf_eval_runs_local_tasks_and_writes_results(checkpoints, data_dir, tmp_path):
     output_path = tmp_path / "results"
     command = [
         sys.executable, "-m", "recycle_hf.eval",
@@ -528,7 +532,7 @@ def test_python_m_recycle_hf_eval_runs_local_tasks_and_writes_results(checkpoint
         "--batch_size", "4",
         "--output_path", str(output_path),
     ]
-    environment = {**os.environ, DATA_DIR_ENV: str(data_subset)}
+    environment = {**os.environ, DATA_DIR_ENV: str(data_dir)}
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-4000:]
     result_files = list(output_path.rglob("results_*.json"))

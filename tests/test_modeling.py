@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
-from recycle_hf.modeling_recyclegpt import publish_checkpoint
+from recycle_hf.configuration_recyclegpt import RecycleGPTCheckpointError
 
 from conftest import VOCAB_SIZE, left_padded_batch, tiny_base_config, tiny_recycle_model
 
@@ -205,27 +205,32 @@ def test_failed_save_leaves_the_earlier_checkpoint_intact(tmp_path, monkeypatch)
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".checkpoint.saving-")]
 
 
-def test_interrupted_publish_never_loads_as_a_different_model(tmp_path, monkeypatch):
-    checkpoint = tmp_path / "checkpoint"
-    tiny_recycle_model("llama", seed=1).save_pretrained(checkpoint)
-    staging = tmp_path / "staging"
-    tiny_recycle_model("llama", seed=2).save_pretrained(staging)
-    real_replace = os.replace
-    calls = []
+def test_a_plain_models_folder_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    from conftest import tiny_base_model
 
-    def replace_then_crash(source, destination):
-        calls.append(destination)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        real_replace(source, destination)
+    tiny_base_model("llama").save_pretrained(tmp_path / "llama")
 
-    monkeypatch.setattr(os, "replace", replace_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        publish_checkpoint(staging, checkpoint)
-    monkeypatch.undo()
-    assert not (checkpoint / "config.json").exists()
-    with pytest.raises(OSError, match="no config.json"):
-        RecycleGPTForCausalLM.from_pretrained(checkpoint)
+    def build(*args, **kwargs):
+        raise AssertionError("a model was built")  # (the default config: a 7B LLaMA)
+
+    monkeypatch.setattr(RecycleGPTForCausalLM, "__init__", build)
+    with pytest.raises(RecycleGPTCheckpointError, match="model_type 'llama'") as raised:
+        RecycleGPTForCausalLM.from_pretrained(tmp_path / "llama")
+    message = str(raised.value)
+    assert f"recycle-hf generate --base {tmp_path / 'llama'} --adapter" in message
+    assert "recycle_hf.graft_recycle_module(" in message
+    with pytest.raises(RecycleGPTCheckpointError, match="not a RecycleGPT checkpoint"):
+        RecycleGPTConfig.from_pretrained(tmp_path / "llama")
+
+
+@pytest.mark.parametrize("kept_bytes", [4, 40, -10], ids=["no-header-length", "half-header", "data-cut"])
+def test_a_truncated_weights_file_is_named(tmp_path, kept_bytes):
+    tiny_recycle_model("llama").save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:kept_bytes])
+    with pytest.raises(RecycleGPTCheckpointError, match=f"{weights} is not a complete safetensors file"):
+        RecycleGPTForCausalLM.from_pretrained(tmp_path)
 
 
 def test_wrapping_an_existing_base_keeps_its_attention_backend():

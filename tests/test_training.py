@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import EOS, PAD, left_padded_batch, tiny_base_config, tiny_base_model
+from conftest import EOS, PAD, left_padded_batch, save_tiny_base_with_tokenizer, tiny_base_config, tiny_base_model
 from ddp_train_worker import permutation_chain_blocks, tiny_training_arguments
 from peft import LoraConfig
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from recycle_hf import graft_recycle_module, load_recycle_adapter
 from recycle_hf.adapter import add_base_lora
@@ -460,24 +460,10 @@ def test_two_process_data_parallel_training_keeps_ranks_identical(tmp_path):
 # recycle-hf train
 
 
-def _save_tiny_base_with_tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"<pad>": PAD, "</s>": EOS, "<s>": 2, **{f"t{index}": index for index in range(3, 101)}}
-    word_level = Tokenizer(models.WordLevel(vocab, unk_token="t3"))
-    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=word_level, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="t3"
-    )
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(tiny_base_config("llama")).save_pretrained(folder)
-
-
 def _tiny_base_and_text_lines(tmp_path: Path, num_blocks: int) -> tuple[Path, list[str]]:
     """A saved tiny base with a word tokenizer, and `num_blocks` lines of learnable text in its words."""
     base_dir = tmp_path / "base"
-    _save_tiny_base_with_tokenizer(base_dir)
+    save_tiny_base_with_tokenizer(base_dir)
     dataset = permutation_chain_blocks(num_blocks=num_blocks, block_size=16)
     return base_dir, [" ".join(f"t{token}" for token in block["input_ids"].tolist()) for block in dataset]
 
@@ -545,5 +531,21 @@ def test_train_command_with_precomputed_states_trains_the_same_module_and_report
     held_out_line = lambda printed: next(line for line in printed.splitlines() if line.startswith("Held-out"))
     assert held_out_line(live_printed) == held_out_line(precomputed_printed)
 
-    with pytest.raises(SystemExit, match="frozen base"):
-        cli_main([*command, "--output", str(tmp_path / "lora"), "--precompute-base-states", "--lora"])
+    capsys.readouterr()
+    assert cli_main([*command, "--output", str(tmp_path / "lora"), "--precompute-base-states", "--lora"]) == 2
+    assert "frozen base" in capsys.readouterr().err
+
+
+def test_train_command_says_when_no_step_was_logged(tmp_path, capsys):
+    base_dir, lines = _tiny_base_and_text_lines(tmp_path, num_blocks=4)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    command = [
+        "train", "--base", str(base_dir), "--data", str(tmp_path / "train.jsonl"), "--block-size", "16",
+        "--batch-size", "2", "--save-steps", "100",
+    ]
+    assert cli_main([*command, "--output", str(tmp_path / "a"), "--max-steps", "1"]) == 0  # logs every 10 steps
+    summary = capsys.readouterr().out
+    assert "nan" not in summary and "no step logged (the run is shorter than --logging-steps 10)" in summary
+    assert cli_main([*command, "--max-steps", "2", "--logging-steps", "2", "--output", str(tmp_path / "b")]) == 0
+    summary = capsys.readouterr().out
+    assert "nan" not in summary and "last logged at step 2: recycle_loss" in summary

@@ -9,9 +9,15 @@ An adapter folder holds two files:
 - `adapter_model.safetensors`: `recycle_module.*` tensors, plus `base_lm.*lora_*` tensors with LoRA. Never a base
   weight.
 
-Saving goes through a staging folder beside the target and publishes `adapter_config.json` last, so an interrupted
-save never leaves a folder that loads. Loading checks the base and every tensor name and shape before it changes
-anything, and only reads safetensors.
+`format_version` (absent in the first adapters: 1) is the layout of these files; an adapter in a newer format than
+this package reads is refused with a hint to upgrade, and unknown keys are logged and ignored. `dtype` is the dtype the
+weights are stored in (the shipped module is float16 to halve the file); loading casts them to the base's dtype,
+which the module must share because it reads the base's states and feeds its LM head.
+
+Saving writes the complete adapter into a staging folder beside the target, which then replaces the target folder by
+renames (the old one is kept until the new one is in place), so an interrupted save leaves the previous adapter or the
+new one, never a mixture. Loading checks the base and every tensor name and shape before it changes anything, and
+only reads safetensors.
 """
 
 from __future__ import annotations
@@ -22,18 +28,20 @@ import enum
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
+from .atomic import staged_folder
 from .graft import check_graftable_base, graft_recycle_module
-from .modeling_recyclegpt import RecycleGPTForCausalLM
+from .errors import InputNotFoundError, InvalidInputError
+from .modeling_recyclegpt import RecycleGPTForCausalLM, check_safetensors_file
 
 
 logger = logging.getLogger(__name__)
@@ -54,6 +62,12 @@ RECYCLE_SETTING_NAMES = (
 )
 # Weight files that would be unpickled to load: refused, whatever their name says.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# The layout of the adapter files that this version writes and the newest it reads; raise it on incompatible changes.
+ADAPTER_FORMAT_VERSION = 1
+_ADAPTER_CONFIG_KEYS = {
+    "adapter_type", "format_version", "recycle_hf_version", "base_model_name_or_path", "base_model_type",
+    "base_architecture", "hidden_size", "vocab_size", "recycle_settings", "dtype", "lora",
+}
 _LORA_ADAPTER_NAME = "default"
 
 
@@ -161,6 +175,7 @@ def build_adapter_config(model: RecycleGPTForCausalLM, base_model_name_or_path: 
     lora_config = base_lora_config(model)
     return {
         "adapter_type": ADAPTER_TYPE,
+        "format_version": ADAPTER_FORMAT_VERSION,
         "recycle_hf_version": __version__,
         "base_model_name_or_path": base_model_name_or_path or model.base_lm.name_or_path or None,
         **_base_description(model.base_lm),
@@ -183,8 +198,10 @@ def save_recycle_adapter(
 ) -> Path:
     """Write `model`'s adapter (`adapter_config.json` + `adapter_model.safetensors`) to `save_directory`.
 
-    `state_dict` optionally gives the model's tensors (see `adapter_state_dict`). Other files in the folder are
-    left alone; an earlier adapter there is replaced. With `push_to_hub=True` the two
+    `state_dict` optionally gives the model's tensors (see `adapter_state_dict`). The new adapter is written to a
+    folder beside `save_directory` that then takes its place (`recycle_hf.atomic.staged_folder`): whatever fails
+    when, the folder holds the earlier adapter or the new one. Other files and folders in it (a README, Trainer
+    checkpoints, ...) are carried into the new folder as hard links. With `push_to_hub=True` the two
     files are then uploaded to the Hub repository `repo_id` (default: the folder's name), created if needed.
     Returns the folder.
     """
@@ -192,26 +209,19 @@ def save_recycle_adapter(
         raise ValueError(f"save_recycle_adapter needs a RecycleGPTForCausalLM, got {type(model).__name__}.")
     save_directory = Path(save_directory)
     if save_directory.is_file():
-        raise ValueError(f"save_directory {save_directory} is a file; give a folder path.")
-    save_directory.parent.mkdir(parents=True, exist_ok=True)
+        raise InvalidInputError(f"save_directory {save_directory} is a file; give a folder path.")
     adapter_config = build_adapter_config(model, base_model_name_or_path)
-    with tempfile.TemporaryDirectory(dir=save_directory.parent, prefix=f".{save_directory.name}.saving-") as staging:
-        staging = Path(staging)
+    with staged_folder(save_directory, replaced=_is_adapter_file) as staging:
         save_file(adapter_state_dict(model, state_dict), staging / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
         (staging / ADAPTER_CONFIG_NAME).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-        _publish_adapter(staging, save_directory)
     logger.info("Saved recycle adapter to %s", save_directory)
     if push_to_hub:
         _push_adapter_folder(save_directory, repo_id or save_directory.name, commit_message, private, token)
     return save_directory
 
 
-def _publish_adapter(staging: Path, target: Path) -> None:
-    # The config goes first out and last in: between the two moves the folder is not an adapter at all.
-    target.mkdir(parents=True, exist_ok=True)
-    (target / ADAPTER_CONFIG_NAME).unlink(missing_ok=True)
-    os.replace(staging / ADAPTER_WEIGHTS_NAME, target / ADAPTER_WEIGHTS_NAME)
-    os.replace(staging / ADAPTER_CONFIG_NAME, target / ADAPTER_CONFIG_NAME)
+def _is_adapter_file(name: str) -> bool:
+    return name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
 
 
 def _push_adapter_folder(
@@ -236,19 +246,20 @@ def _push_adapter_folder(
 
 def resolve_adapter_folder(adapter_name_or_path: str | os.PathLike, token: str | bool | None = None) -> Path:
     """A local adapter folder, or the two adapter files of a Hub repository downloaded to the local cache."""
+    from .loading import check_local_folder
+
     path = Path(adapter_name_or_path)
+    check_local_folder(str(adapter_name_or_path), "adapter", ADAPTER_CONFIG_NAME)
     if path.is_dir():
         return path
-    if path.exists():
-        raise ValueError(f"{path} is a file; give the adapter folder (with {ADAPTER_CONFIG_NAME}).")
     from huggingface_hub import snapshot_download
 
     try:
         folder = snapshot_download(
             str(adapter_name_or_path), allow_patterns=[ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME], token=token
         )
-    except Exception as error:  # invalid repo id, missing repo, no network: all mean "not found" to the caller
-        raise FileNotFoundError(
+    except Exception as error:  # missing repo, no network, no access: all mean "not found" to the caller
+        raise InputNotFoundError(
             f"{adapter_name_or_path!r} is neither a local adapter folder nor a Hub repository that could be "
             f"downloaded ({type(error).__name__}: {error})."
         ) from error
@@ -256,26 +267,84 @@ def resolve_adapter_folder(adapter_name_or_path: str | os.PathLike, token: str |
 
 
 def read_adapter_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """`adapter_config.json` of a recycle adapter folder; refuses folders whose weights are pickled."""
+    """`adapter_config.json` of a recycle adapter folder, checked; refuses folders whose weights are pickled.
+
+    Raises `InvalidInputError` (a ValueError) naming the file when it is not a JSON object, not a recycle adapter, in
+    a newer format than this package reads, or has malformed fields; unknown keys are logged and ignored.
+    """
     folder = Path(folder)
     config_path = folder / ADAPTER_CONFIG_NAME
     if not (folder / ADAPTER_WEIGHTS_NAME).is_file():
         pickled = sorted(path.name for path in folder.glob("*") if path.suffix in _PICKLE_SUFFIXES)
         if pickled:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{folder} has pickled weights ({', '.join(pickled)}) and no {ADAPTER_WEIGHTS_NAME}. Pickle files can "
                 "run code when loaded, so recycle-hf reads safetensors only; convert the weights to safetensors."
             )
-        raise FileNotFoundError(f"{folder} has no {ADAPTER_WEIGHTS_NAME}; it is not a (complete) recycle adapter.")
+        raise InputNotFoundError(f"{folder} has no {ADAPTER_WEIGHTS_NAME}; it is not a (complete) recycle adapter.")
     if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} has no {ADAPTER_CONFIG_NAME}; it is not a (complete) recycle adapter.")
-    adapter_config = json.loads(config_path.read_text())
+        raise InputNotFoundError(f"{folder} has no {ADAPTER_CONFIG_NAME}; it is not a (complete) recycle adapter.")
+    try:
+        adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInputError(
+            f"{config_path} is not valid JSON ({error}): the adapter is damaged; save or download it again."
+        ) from error
+    if not isinstance(adapter_config, dict):
+        raise InvalidInputError(
+            f"{config_path} must hold a JSON object, not a {type(adapter_config).__name__}: it is not a recycle "
+            "adapter."
+        )
     if adapter_config.get("adapter_type") != ADAPTER_TYPE:
-        raise ValueError(
+        raise InvalidInputError(
             f"{config_path} is not a recycle adapter (adapter_type {adapter_config.get('adapter_type')!r}, expected "
             f"{ADAPTER_TYPE!r}). Plain PEFT adapters load with peft's PeftModel.from_pretrained."
         )
+    _check_adapter_config_fields(config_path, adapter_config)
     return adapter_config
+
+
+def _check_adapter_config_fields(config_path: Path, adapter_config: dict[str, Any]) -> None:
+    from . import __version__
+
+    written_by = f"written by recycle-hf {adapter_config.get('recycle_hf_version', '(unknown)')}"
+    format_version = adapter_config.get("format_version", 1)
+    if isinstance(format_version, bool) or not isinstance(format_version, int) or format_version < 1:
+        raise InvalidInputError(f"{config_path}: format_version must be a positive integer, got {format_version!r}.")
+    if format_version > ADAPTER_FORMAT_VERSION:
+        raise InvalidInputError(
+            f"{config_path} is in adapter format {format_version} ({written_by}); recycle-hf {__version__} reads "
+            f"format {ADAPTER_FORMAT_VERSION} and older. Upgrade recycle-hf: pip install --upgrade recycle-hf."
+        )
+    unknown = sorted(set(adapter_config) - _ADAPTER_CONFIG_KEYS)
+    if unknown:
+        logger.warning(
+            "%s: ignoring unknown keys %s (%s; this is recycle-hf %s).", config_path, ", ".join(unknown), written_by,
+            __version__,
+        )
+    for name in ("recycle_settings", "lora"):
+        if not isinstance(adapter_config.get(name), (dict, type(None))):
+            raise InvalidInputError(
+                f"{config_path}: {name!r} must be a JSON object or null, got {adapter_config[name]!r}."
+            )
+    dtype = adapter_config.get("dtype")
+    if dtype is not None and not (
+        isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype)
+        and getattr(torch, dtype).is_floating_point
+    ):
+        raise InvalidInputError(f"{config_path}: dtype must name a floating-point torch dtype, got {dtype!r}.")
+
+
+def _load_adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of `folder`'s weights file; a damaged or truncated file gets an error that names it."""
+    path = folder / ADAPTER_WEIGHTS_NAME
+    check_safetensors_file(path)
+    try:
+        return load_file(path)
+    except SafetensorError as error:
+        raise InvalidInputError(
+            f"{path} is not a readable safetensors file ({error}); save or download it again."
+        ) from error
 
 
 def check_adapter_matches_base(adapter_config: dict[str, Any], base_model: PreTrainedModel) -> None:
@@ -287,7 +356,7 @@ def check_adapter_matches_base(adapter_config: dict[str, Any], base_model: PreTr
         if adapter_config.get(name) != value
     ]
     if mismatches:
-        raise ValueError(
+        raise InvalidInputError(
             f"The adapter was trained on another base ({adapter_config.get('base_model_name_or_path')!r}): "
             + "; ".join(mismatches)
             + ". Load it onto the base it was trained on."
@@ -308,7 +377,7 @@ def _check_tensor_names_and_shapes(kind: str, expected: dict[str, torch.Size], f
             for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
             if names
         ]
-        raise ValueError(f"The adapter's {kind} weights do not fit this model ({'; '.join(details)}).")
+        raise InvalidInputError(f"The adapter's {kind} weights do not fit this model ({'; '.join(details)}).")
 
 
 def _expected_lora_shapes(base_model: PreTrainedModel, lora_config: LoraConfig) -> dict[str, torch.Size]:
@@ -326,7 +395,7 @@ def _split_adapter_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, 
     lora_tensors = {name[len(LORA_PREFIX) :]: t for name, t in tensors.items() if name.startswith(LORA_PREFIX)}
     stray = sorted(set(tensors) - {MODULE_PREFIX + n for n in module_tensors} - {LORA_PREFIX + n for n in lora_tensors})
     if stray:
-        raise ValueError(
+        raise InvalidInputError(
             f"The adapter holds tensors that belong to neither the module nor LoRA: {', '.join(stray[:5])}."
         )
     return module_tensors, lora_tensors
@@ -339,13 +408,13 @@ def load_adapter_weights(model: RecycleGPTForCausalLM, adapter_folder: str | os.
     """
     adapter_config = read_adapter_config(adapter_folder)
     check_adapter_matches_base(adapter_config, model.base_lm)
-    module_tensors, lora_tensors = _split_adapter_tensors(load_file(Path(adapter_folder) / ADAPTER_WEIGHTS_NAME))
+    module_tensors, lora_tensors = _split_adapter_tensors(_load_adapter_tensors(Path(adapter_folder)))
     expected_module = {name: tensor.shape for name, tensor in model.recycle_module.state_dict().items()}
     _check_tensor_names_and_shapes("module", expected_module, module_tensors)
     lora_config = base_lora_config(model)
     if (lora_config is None) != (adapter_config.get("lora") is None):
         has, lacks = ("the adapter", "the model") if lora_config is None else ("the model", "the adapter")
-        raise ValueError(f"LoRA mismatch: {has} has LoRA weights on the base and {lacks} has none.")
+        raise InvalidInputError(f"LoRA mismatch: {has} has LoRA weights on the base and {lacks} has none.")
     if lora_config is not None:
         expected_lora = {
             name: tensor.shape
@@ -372,35 +441,46 @@ def load_recycle_adapter(
         is_trainable (`bool`, defaults to False): leave the module (and LoRA) trainable, to continue training. By
             default the model is returned in eval mode with nothing trainable.
 
+    The module is built in the base's dtype (it reads the base's states and feeds its LM head); weights stored in
+    another dtype (the adapter's `dtype`) are cast to it.
+
     Raises:
         ValueError: the base differs from the adapter's (architecture, hidden size, vocabulary), a tensor does not fit,
-            or the folder holds pickled weights. Nothing is loaded then, and `base_model` is left unchanged.
+            `adapter_config.json` is malformed or in a newer format, the weights file is damaged, or the folder holds
+            pickled weights (an `InvalidInputError`). Nothing is loaded then, and `base_model` is left unchanged.
+        FileNotFoundError: the folder, or one of its two files, does not exist (an `InputNotFoundError`).
     """
     check_graftable_base(base_model)
     folder = resolve_adapter_folder(adapter_name_or_path, token=token)
     adapter_config = read_adapter_config(folder)
     check_adapter_matches_base(adapter_config, base_model)
-    module_tensors, lora_tensors = _split_adapter_tensors(load_file(folder / ADAPTER_WEIGHTS_NAME))
+    module_tensors, lora_tensors = _split_adapter_tensors(_load_adapter_tensors(folder))
 
     settings = adapter_config.get("recycle_settings") or {}
     unknown = sorted(set(settings) - set(RECYCLE_SETTING_NAMES))
     if unknown:
-        raise ValueError(f"{folder / ADAPTER_CONFIG_NAME}: unknown module settings {', '.join(unknown)}.")
+        raise InvalidInputError(f"{folder / ADAPTER_CONFIG_NAME}: unknown module settings {', '.join(unknown)}.")
     settings = dict(settings)
     num_layers = settings.pop("recycle_num_layers", 1)
-    model = graft_recycle_module(base_model, num_layers=num_layers, init="random", freeze_base=False, **settings)
+    try:
+        model = graft_recycle_module(base_model, num_layers=num_layers, init="random", freeze_base=False, **settings)
+    except ValueError as error:  # the config's validation of the recorded settings
+        raise InvalidInputError(f"{folder / ADAPTER_CONFIG_NAME}: the module settings do not fit ({error})") from error
     expected_module = {name: tensor.shape for name, tensor in model.recycle_module.state_dict().items()}
     _check_tensor_names_and_shapes("module", expected_module, module_tensors)
 
     lora_values = adapter_config.get("lora")
     if lora_values is None and lora_tensors:
-        raise ValueError(f"{folder}: the weights hold LoRA tensors but adapter_config.json has no 'lora' entry.")
+        raise InvalidInputError(f"{folder}: the weights hold LoRA tensors but adapter_config.json has no 'lora' entry.")
     if lora_values is not None:
         lora_config = _lora_config_from_dict(lora_values)
         _check_tensor_names_and_shapes("LoRA", _expected_lora_shapes(base_model, lora_config), lora_tensors)
         add_base_lora(model, lora_config)
         set_peft_model_state_dict(model.base_lm, lora_tensors, adapter_name=_LORA_ADAPTER_NAME)
 
+    stored_dtype, module_dtype = adapter_config.get("dtype"), next(model.recycle_module.parameters()).dtype
+    if stored_dtype is not None and getattr(torch, stored_dtype) != module_dtype:
+        logger.info("The adapter's %s weights are cast to the base's %s.", stored_dtype, module_dtype)
     model.recycle_module.load_state_dict(module_tensors, strict=True)
     model.base_lm.requires_grad_(False)
     if is_trainable:
@@ -414,6 +494,7 @@ def load_recycle_adapter(
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
+    "ADAPTER_FORMAT_VERSION",
     "ADAPTER_WEIGHTS_NAME",
     "RECYCLE_SETTING_NAMES",
     "add_base_lora",

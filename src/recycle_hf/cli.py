@@ -6,6 +6,9 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
+
+from .errors import USER_ERRORS
 
 
 # Each command module defines HELP, add_arguments(parser) and run(args) -> int. A module that takes its arguments
@@ -29,12 +32,30 @@ def _top_level_help() -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad option in one line that says where the options are, instead of the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one `recycle-hf` command; returns its exit status.
+
+    A user error (a bad path or option value, an adapter that does not fit, ...: `recycle_hf.errors`) is printed as
+    one line on stderr with status 2; `--log-level debug` shows its traceback. Other exceptions are bugs and keep
+    theirs.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     log_level = "WARNING"
     if len(argv) >= 2 and argv[0] == "--log-level":
         log_level, argv = argv[1], argv[2:]
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.WARNING))
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        print(f"recycle-hf: error: unknown --log-level {log_level!r}; use debug, info, warning or error.",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level)
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_level_help())
         return 0 if argv else 2
@@ -43,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recycle-hf: unknown command {name!r}.\n\n{_top_level_help()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    if hasattr(module, "main"):
-        return module.main(command_argv)
-    parser = argparse.ArgumentParser(prog=f"recycle-hf {name}", description=module.HELP)
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(command_argv))
+    try:
+        if hasattr(module, "main"):
+            return module.main(command_argv)
+        parser = _Parser(prog=f"recycle-hf {name}", description=module.HELP)
+        module.add_arguments(parser)
+        return module.run(parser.parse_args(command_argv))
+    except USER_ERRORS as error:
+        if level <= logging.DEBUG:
+            raise
+        print(f"recycle-hf {name}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

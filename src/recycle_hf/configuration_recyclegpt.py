@@ -8,6 +8,7 @@ sibling files.
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
@@ -22,6 +23,14 @@ TESTED_BASE_MODEL_TYPES = ("llama", "opt", "qwen2", "gpt_neox", "gpt2")
 
 # Names the families use for the width of the MLP inside a decoder block.
 _INTERMEDIATE_SIZE_NAMES = ("intermediate_size", "ffn_dim", "n_inner")
+
+
+class RecycleGPTCheckpointError(OSError, ValueError):
+    """A folder or repository that is not a complete, intact RecycleGPT checkpoint; the message says what to do.
+
+    Both an OSError (as transformers' own "cannot load this checkpoint" errors) and a ValueError (as its
+    "unrecognized model" error), so that code catching either keeps working.
+    """
 
 
 class RecycleGPTConfig(PretrainedConfig):
@@ -81,6 +90,25 @@ class RecycleGPTConfig(PretrainedConfig):
         if base_attention is not None and kwargs.get("attn_implementation") is None:
             self.base_config._attn_implementation = base_attention
         self.validate_recycle_settings()
+
+    @classmethod
+    def get_config_dict(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        # Checked before anything is built: another model's config.json would otherwise fill only the fields the two
+        # configs share and leave `base_config` at its default, a 7B LLaMA that then runs out of memory.
+        model_type = config_dict.get("model_type")
+        if model_type != cls.model_type:
+            path = os.fspath(pretrained_model_name_or_path)
+            raise RecycleGPTCheckpointError(
+                f"{path} is not a RecycleGPT checkpoint: its config.json has model_type {model_type!r}, not "
+                f"{cls.model_type!r}. To decode a plain model with a recyclable module, load it as the base: "
+                f"`recycle-hf generate --base {path} --adapter ADAPTER_DIR` (a trained recycle adapter), or in Python "
+                f"`recycle_hf.graft_recycle_module(AutoModelForCausalLM.from_pretrained({path!r}))` for a fresh "
+                "module to train."
+            )
+        return config_dict, kwargs
 
     # The generation utilities read vocabulary size, caches and special tokens from the text config.
     def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PretrainedConfig:
@@ -185,4 +213,4 @@ def _as_base_config(base_config: dict | PretrainedConfig | None) -> PretrainedCo
     raise ValueError(f"base_config must be a dict, a PretrainedConfig or None, got {type(base_config).__name__}.")
 
 
-__all__ = ["RecycleGPTConfig", "TESTED_BASE_MODEL_TYPES"]
+__all__ = ["RecycleGPTCheckpointError", "RecycleGPTConfig", "TESTED_BASE_MODEL_TYPES"]

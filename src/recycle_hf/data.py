@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from .errors import InvalidInputError
+
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +37,14 @@ def resolve_data_files(patterns: Iterable[str | os.PathLike]) -> list[Path]:
     for pattern in map(str, patterns):
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         if not matches:
-            raise ValueError(f"No training file matches {pattern!r}; give existing .jsonl or .txt files or globs.")
+            raise InvalidInputError(
+                f"No training file matches {pattern!r}; give existing .jsonl or .txt files or globs."
+            )
         for match in map(Path, matches):
             if match.is_dir():
-                raise ValueError(f"{match} is a folder; give the files inside it (e.g. '{match}/*.jsonl').")
+                raise InvalidInputError(f"{match} is a folder; give the files inside it (e.g. '{match}/*.jsonl').")
             if match.suffix not in DATA_FILE_SUFFIXES:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{match}: unsupported training file type {match.suffix!r}; use .jsonl (objects with a 'text' "
                     "field) or .txt (one document per file)."
                 )
@@ -64,10 +68,10 @@ def read_documents(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
+                    raise InvalidInputError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
                 text = record.get("text") if isinstance(record, dict) else None
                 if not isinstance(text, str):
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"{path}:{line_number}: each JSON line must be an object with a string 'text' field."
                     )
                 yield text
@@ -117,7 +121,7 @@ class TokenBlockDataset(Dataset):
         num_full, remainder = divmod(len(token_ids), block_size)
         num_blocks = num_full + (1 if remainder >= min_last_block else 0)
         if num_blocks == 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"The training data has only {len(token_ids)} tokens, too few for one block; add data or lower the "
                 "block size."
             )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .atomic import staged_folder
 
 
 logger = logging.getLogger(__name__)
@@ -73,13 +73,7 @@ def _build_dequantized_cache(target: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config._name_or_path = DEFAULT_BASE_NAME
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed into place: a crash never leaves a half-written cache.
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.building-"))
-    try:
+    with staged_folder(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -12,27 +12,38 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .atomic import staged_file
+from .errors import InputNotFoundError, InvalidInputError
+
 
 logger = logging.getLogger(__name__)
 
 
 def read_prompts(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Prompts from `.txt` files (one per non-empty line) and `.jsonl` files (a "prompt" or "text" field)."""
+    paths = [Path(path) for path in paths]
     prompts: list[str] = []
-    for path in map(Path, paths):
+    for path in paths:
+        if not path.is_file():
+            raise InputNotFoundError(f"Prompt file {path} does not exist (or is not a file).")
         if path.suffix == ".jsonl":
             for line_number, line in enumerate(path.read_text().splitlines(), start=1):
                 if not line.strip():
                     continue
-                record = json.loads(line)
-                prompt = record.get("prompt", record.get("text"))
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise InvalidInputError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
+                prompt = record.get("prompt", record.get("text")) if isinstance(record, dict) else None
                 if not isinstance(prompt, str):
-                    raise ValueError(f"{path}:{line_number}: each JSON line needs a string 'prompt' or 'text' field.")
+                    raise InvalidInputError(
+                        f"{path}:{line_number}: each JSON line needs a string 'prompt' or 'text' field."
+                    )
                 prompts.append(prompt)
         else:
             prompts.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
     if not prompts:
-        raise ValueError(f"No prompts found in {', '.join(map(str, paths))}.")
+        raise InvalidInputError(f"No prompts found in {', '.join(map(str, paths))}.")
     return prompts
 
 
@@ -70,15 +81,13 @@ def distill_continuations(
     file under `output_path`. Returns the number of generated tokens.
     """
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary_path = output_path.with_name(f".{output_path.name}.partial")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Shorter prompts first so that batches pad little.
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
     generated_tokens = 0
-    with temporary_path.open("w") as output:
+    with staged_file(output_path) as temporary_path, temporary_path.open("w") as output:
         for start in tqdm(range(0, len(order), batch_size), desc="distill", unit="batch"):
             batch_prompts = [prompts[index] for index in order[start : start + batch_size]]
             formatted = [format_prompt(tokenizer, prompt, use_chat_template) for prompt in batch_prompts]
@@ -93,6 +102,5 @@ def distill_continuations(
                 completion = tokenizer.decode(tokens, skip_special_tokens=False)
                 record = {"prompt": prompt, "completion": completion, "text": prefix + completion}
                 output.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(temporary_path, output_path)
     logger.info("Wrote %d continuations (%d tokens) to %s", len(prompts), generated_tokens, output_path)
     return generated_tokens

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .configuration_recyclegpt import RecycleGPTCheckpointError
 from .defaults import DEFAULT_ADAPTER_DIR, load_default_base
+from .errors import InputNotFoundError, InvalidInputError
+from .modeling_recyclegpt import check_safetensors_file
 
 
 logger = logging.getLogger(__name__)
@@ -28,6 +36,48 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
+def is_hub_repo_id(name: str) -> bool:
+    """Whether `name` can be a Hugging Face Hub repository id (`name` or `owner/name`) rather than only a path."""
+    if name.startswith((".", "~", "/", "\\")) or os.path.isabs(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_local_folder(name: str, what: str, required_file: str) -> None:
+    """Raise a clear error when `name` means a local folder that does not exist or lacks `required_file`.
+
+    Names that can only be paths (absolute, `./...`, more than one `/`) must exist; a name that can be a Hub
+    repository id and is no local folder is left to the Hub download. Without this, transformers answers a missing
+    folder with "Repo id must be in the form ..." and a folder without config.json with "Should have a model_type".
+    """
+    path = Path(name)
+    if path.is_dir():
+        if not (path / required_file).is_file():
+            raise InputNotFoundError(f"The {what} folder {path} has no {required_file}.")
+        return
+    if path.exists():
+        raise InvalidInputError(f"The {what} {path} is a file; give the folder that holds {required_file}.")
+    if not is_hub_repo_id(name):
+        leftovers = sorted(path.parent.glob(f".{path.name}.old-*"))
+        hint = f" An interrupted save left its previous version at {leftovers[0]}: rename it back." if leftovers else ""
+        raise InputNotFoundError(f"The {what} folder {path} does not exist.{hint}")
+
+
+def _from_pretrained(load: Callable[..., Any], name: str, what: str, **kwargs: Any) -> Any:
+    # transformers raises OSError for what cannot be found or read (no such Hub repository, no network, a folder
+    # without weights): a problem with the name given, reported as such.
+    try:
+        return load(name, **kwargs)
+    except OSError as error:
+        if isinstance(error, (InputNotFoundError, RecycleGPTCheckpointError)):
+            raise
+        raise InputNotFoundError(f"Could not load the {what} {name!r}: {error}") from error
+
+
 def load_base(
     base: str = DEFAULT_BASE, gguf_file: str | None = None, dtype: str = "float32", device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -36,9 +86,13 @@ def load_base(
     if base == DEFAULT_BASE:
         model, tokenizer = load_default_base(dtype=torch.float32 if torch_dtype == "auto" else torch_dtype)
     else:
+        check_local_folder(base, "base", gguf_file or "config.json")
+        # A truncated weights file would fail inside safetensors with a message that does not name it.
+        for weights in sorted(Path(base).glob("*.safetensors")) if Path(base).is_dir() else ():
+            check_safetensors_file(weights)
         extra = {"gguf_file": gguf_file} if gguf_file else {}
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, **extra)
-        tokenizer = AutoTokenizer.from_pretrained(base, **extra)
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, base, "base", dtype=torch_dtype, **extra)
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, base, "base's tokenizer", **extra)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
@@ -70,19 +124,25 @@ def load_recycle_model(
     if model is not None:
         from . import RecycleGPTForCausalLM
 
-        recycle_model = RecycleGPTForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype])
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        check_local_folder(model, "model", "config.json")
+        recycle_model = _from_pretrained(RecycleGPTForCausalLM.from_pretrained, model, "model", dtype=_DTYPES[dtype])
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, model, "model's tokenizer")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return recycle_model.to(device).eval(), tokenizer
-    from .adapter import load_recycle_adapter
+    from .adapter import load_recycle_adapter, read_adapter_config, resolve_adapter_folder
 
-    base_model, tokenizer = load_base(base, gguf_file, dtype, device)
+    # Checked before the base loads, which can take minutes.
     if adapter is None:
         if base != DEFAULT_BASE:
-            raise ValueError("--base needs --adapter (a recycle adapter folder), or pass --model for a full checkpoint.")
+            raise InvalidInputError(
+                "--base needs --adapter (a recycle adapter folder), or pass --model for a full checkpoint."
+            )
         adapter = str(DEFAULT_ADAPTER_DIR)
-    recycle_model = load_recycle_adapter(base_model, adapter)
+    adapter_folder = resolve_adapter_folder(adapter)
+    read_adapter_config(adapter_folder)
+    base_model, tokenizer = load_base(base, gguf_file, dtype, device)
+    recycle_model = load_recycle_adapter(base_model, adapter_folder)
     return recycle_model.to(device).eval(), tokenizer
 
 

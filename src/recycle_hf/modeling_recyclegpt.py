@@ -13,12 +13,14 @@ sibling files.
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import inspect
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, GenerationMixin, Pr
 from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput, logging
 
-from .configuration_recyclegpt import RecycleGPTConfig
+from .configuration_recyclegpt import RecycleGPTCheckpointError, RecycleGPTConfig
 from .generation_recyclegpt import RecycleGenerationMixin
 
 
@@ -233,22 +235,26 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
         # Pickled weights can execute code when loaded: only safetensors are read.
         if kwargs.setdefault("use_safetensors", True) is not True:
             raise ValueError("RecycleGPT checkpoints load from safetensors only; pass use_safetensors=True (default).")
-        # Without this check a folder whose save was interrupted would load the default (7B) config.
-        if os.path.isdir(pretrained_model_name_or_path) and kwargs.get("config") is None:
-            subfolder = kwargs.get("subfolder") or ""
-            if not os.path.isfile(os.path.join(pretrained_model_name_or_path, subfolder, "config.json")):
-                raise OSError(
-                    f"{pretrained_model_name_or_path} has no config.json: it is not a complete RecycleGPT checkpoint "
-                    "(an interrupted save leaves it so). Save the model again."
+        if os.path.isdir(pretrained_model_name_or_path):
+            folder = os.path.join(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            # Without this check a folder with no config.json would load the default (7B) config.
+            if kwargs.get("config") is None and not os.path.isfile(os.path.join(folder, "config.json")):
+                raise RecycleGPTCheckpointError(
+                    f"{pretrained_model_name_or_path} has no config.json: it is not a (complete) RecycleGPT "
+                    "checkpoint. Save the model there again, or name the checkpoint folder itself."
                 )
+            # A truncated weight file would otherwise fail deep inside safetensors without naming the file.
+            for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+                if fnmatch.fnmatch(name, "model*.safetensors"):
+                    check_safetensors_file(os.path.join(folder, name))
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """`PreTrainedModel.save_pretrained`, made safe against interruption.
 
-        The checkpoint is written to a staging folder beside `save_directory` and moved in file by file, with
-        `config.json` removed first and put back last: an interrupted save leaves a folder that does not load,
-        never one that loads as a different model. Files that are not part of the checkpoint are left alone.
+        The complete checkpoint is written to a fresh folder beside `save_directory`, which then takes the place of
+        the old one (`publish_folder`): the folder holds the previous checkpoint or the new one, whatever fails when.
+        Files in it that are not part of a checkpoint (a README, tokenizer files, ...) are kept.
         """
         if kwargs.get("safe_serialization") is False:
             raise ValueError("RecycleGPT saves safetensors only; drop safe_serialization=False.")
@@ -257,14 +263,20 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
                 "The base carries unmerged LoRA layers: merge them first (recycle_hf.adapter.merge_base_lora(model)) "
                 "or save the small adapter with save_adapter()."
             )
-        save_directory = Path(save_directory)
-        if save_directory.is_file():
+        if Path(save_directory).is_file():
             raise ValueError(f"save_directory {save_directory} is a file; give a folder path.")
-        save_directory.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=save_directory.parent, prefix=f".{save_directory.name}.saving-") as staging:
+        saves_here = kwargs.get("is_main_process", True)
+        if hasattr(self, "should_save_on_this_rank"):
+            saves_here = self.should_save_on_this_rank(saves_here)
+        if not saves_here:
+            # Other ranks of a distributed run write no checkpoint files: publishing their empty staging folder
+            # would drop the checkpoint that the main process writes.
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", Path(save_directory).resolve().name)  # not the staging folder's name
+        with staged_folder(save_directory, replaced=_is_checkpoint_file) as staging:
             super().save_pretrained(staging, *args, **kwargs)
-            _register_auto_model_in_config(Path(staging) / "config.json")
-            publish_checkpoint(Path(staging), save_directory)
+            _register_auto_model_in_config(staging / "config.json")
 
     def save_adapter(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save only the recyclable module (plus LoRA weights on the base, if any) as a small PEFT-style adapter.
@@ -393,18 +405,28 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
             del self.recycle_module._buffers["draft_token_ids"]
         self.recycle_module.register_buffer("draft_token_ids", token_ids.to(device))
 
-    def draft_logits(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Module logits for drafting: over the draft vocabulary when one is set (then also returns its ids)."""
+    def draft_head(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None:
+        """(weight, bias, token ids) of the LM head's rows for the draft vocabulary, or None when there is none.
+
+        The row slice is rebuilt only when the head or the ids change.
+        """
         token_ids = self.draft_token_ids
         if token_ids is None:
-            return self.vocab_logits(states), None
+            return None
         head = self.get_output_embeddings()
         key = (head.weight.data_ptr(), head.weight._version, token_ids.data_ptr(), token_ids._version)
         if self._draft_head is None or self._draft_head[0] != key:
-            # A row slice of the shared head, rebuilt only when the head or the ids change.
             self._draft_head = (key, head.weight.detach().index_select(0, token_ids))
         bias = head.bias.detach().index_select(0, token_ids) if getattr(head, "bias", None) is not None else None
-        return F.linear(states, self._draft_head[1], bias), token_ids
+        return self._draft_head[1], bias, token_ids
+
+    def draft_logits(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Module logits for drafting: over the draft vocabulary when one is set (then also returns its ids)."""
+        draft_head = self.draft_head()
+        if draft_head is None:
+            return self.vocab_logits(states), None
+        weight, bias, token_ids = draft_head
+        return F.linear(states, weight, bias), token_ids
 
     @staticmethod
     def shift_states(
@@ -502,9 +524,6 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
         )
 
 
-_WEIGHT_FILE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "*.bin.index.json")
-
-
 def _register_auto_model_in_config(config_path: Path) -> None:
     config = json.loads(config_path.read_text())
     auto_map = config.setdefault("auto_map", {})
@@ -513,26 +532,154 @@ def _register_auto_model_in_config(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def publish_checkpoint(staging: Path, target: Path) -> None:
-    """Move a complete checkpoint from `staging` into `target` so that no partial state ever loads.
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    """Raise a `RecycleGPTCheckpointError` naming `path` if it is not a whole safetensors file (e.g. truncated).
 
-    `config.json` goes first out and last in; weight files of an earlier checkpoint in `target` are replaced.
+    Reads only the header (8-byte length, then JSON) and compares the size it describes with the file's size;
+    tensor values are not checked.
     """
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "config.json").unlink(missing_ok=True)
-    staged_names = {path.name for path in staging.iterdir()}
-    for pattern in _WEIGHT_FILE_PATTERNS:
-        for stale in target.glob(pattern):
-            if stale.name not in staged_names:
-                stale.unlink()
-    for path in sorted(staging.iterdir()):
-        if path.name == "config.json":
-            continue
-        destination = target / path.name
-        if destination.is_dir():
-            shutil.rmtree(destination)
-        os.replace(path, destination)
-    os.replace(staging / "config.json", target / "config.json")
+    size = os.path.getsize(path)
+    problem = None
+    with open(path, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little") if size >= 8 else None
+        if header_length is None or 8 + header_length > size:
+            problem = f"it holds {size} bytes, fewer than its header needs"
+        else:
+            try:
+                header = json.loads(handle.read(header_length))
+                data_end = max(
+                    (int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"),
+                    default=0,
+                )
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+                problem = f"its header is unreadable ({type(error).__name__}: {error})"
+            else:
+                if 8 + header_length + data_end > size:
+                    problem = f"it holds {size} bytes, its header describes {8 + header_length + data_end}"
+    if problem is not None:
+        raise RecycleGPTCheckpointError(
+            f"{path} is not a complete safetensors file ({problem}): it is truncated or damaged. Save or download "
+            "it again."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Publishing a folder so that it always holds a complete version. Checkpoint folders carry this file, so the code
+# stands alone here (standard library only); recycle-hf's own savers use it through `recycle_hf.atomic`.
+
+_CHECKPOINT_FILE_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in _CHECKPOINT_FILE_PATTERNS)
+
+
+def _sibling(target: Path, tag: str) -> Path:
+    """An unused hidden name beside `target` (same filesystem, so renames between the two are atomic)."""
+    return target.with_name(f".{target.name}.{tag}-{uuid.uuid4().hex[:12]}")
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | os.PathLike, replaced: Callable[[str], bool] = lambda name: True) -> Iterator[Path]:
+    """A fresh empty folder beside `target`: write the complete new version into it inside the `with` block.
+
+    When the block ends without an error the folder is published over `target` (`publish_folder`, which see for
+    `replaced`); the staging folder is removed in every case, so a failed write leaves `target` as it was.
+    """
+    # The real path: a symlinked target is replaced behind its link, and staging lies beside the real folder.
+    target = Path(os.path.realpath(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = _sibling(target, "saving")
+    os.mkdir(staging)
+    try:
+        yield staging
+        publish_folder(staging, target, replaced)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # already gone after a successful publish
+
+
+def publish_folder(staging: Path, target: Path, replaced: Callable[[str], bool] = lambda name: True) -> None:
+    """Put the complete folder `staging` (a sibling of `target`) in the place of `target`, keeping the old one
+    until the new one is in place.
+
+    Entries of the old `target` that `staging` lacks are carried into the new version (files hard-linked, or copied
+    where links fail; folders rebuilt the same way), except those whose name `replaced(name)` accepts: those belong
+    to the old version (e.g. weight shards that the new one no longer has) and go with it. By default every entry
+    does: the new folder replaces the old one whole.
+
+    Steps, and what a failure at each leaves (a raised error; a killed process leaves the same, plus the staging
+    folder, hidden beside `target`):
+    1. carry the entries, copy the folder's permissions onto staging: `target` untouched;
+    2. rename `target` to a hidden `.NAME.old-*` beside it: nothing has moved;
+    3. rename `staging` to `target`: on an error the old folder is renamed back, so `target` is the old version;
+       only if that fails too (or the process dies between steps 2 and 3) is `target` missing, and the old version
+       lies complete at `.NAME.old-*` (the error names it): rename it back by hand;
+    4. delete the old folder: `target` is the new version already; a leftover is logged, not raised.
+    Nothing else may write into `target` meanwhile: what it wrote could land in the old folder.
+    """
+    target = Path(os.path.realpath(target))
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    for entry in sorted(target.iterdir()):
+        if not replaced(entry.name) and not os.path.lexists(staging / entry.name):
+            _carry(entry, staging / entry.name)
+    shutil.copymode(target, staging)
+    # A process working inside `target` would be left in the deleted old folder: it follows the new one.
+    working_directory = None
+    with contextlib.suppress(OSError):  # the process may have no working directory at all
+        if Path(os.getcwd()).is_relative_to(target):
+            working_directory = os.getcwd()
+    old = _sibling(target, "old")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException as error:
+        try:
+            os.replace(old, target)
+        except BaseException:
+            raise OSError(
+                f"Publishing {target} failed ({error!r}) and the previous version could not be put back: it is "
+                f"complete at {old}; rename it to {target.name}."
+            ) from error
+        raise
+    if working_directory is not None:
+        with contextlib.suppress(OSError):
+            os.chdir(working_directory)
+    try:
+        shutil.rmtree(old)
+    except OSError as error:
+        logger.warning("Published %s; could not delete the previous version at %s (%s).", target, old, error)
+
+
+def publish_checkpoint(staging: Path, target: Path) -> None:
+    """`publish_folder` for a complete checkpoint in `staging`: the old checkpoint's config, generation config and
+    weight files are replaced; every other file in `target` is kept."""
+    publish_folder(staging, target, _is_checkpoint_file)
+
+
+def _carry(source: Path, destination: Path) -> None:
+    if source.is_symlink():
+        os.symlink(os.readlink(source), destination)
+    elif source.is_dir():
+        shutil.copytree(source, destination, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(source, destination)
+
+
+def _link_or_copy(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    # A hard link costs no space or time, and the old folder's copy is deleted right after the swap anyway.
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -548,7 +695,10 @@ __all__ = [
     "RecycleGPTOutput",
     "RecycleGPTPreTrainedModel",
     "RecycleModule",
+    "check_safetensors_file",
     "positions_from_attention_mask",
     "publish_checkpoint",
+    "publish_folder",
     "shifted_cross_entropy",
+    "staged_folder",
 ]

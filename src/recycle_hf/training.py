@@ -459,6 +459,10 @@ class RecycleTrainer(Trainer):
             state_dict = {name.removeprefix("model."): tensor for name, tensor in state_dict.items()}
         if self.args.should_save:
             save_recycle_adapter(self.recycle_model, output_dir, self.base_model_name_or_path, state_dict)
+        if self.args.world_size > 1:
+            # The save replaces the whole folder by renames; other ranks write their RNG states into it next, and
+            # must not do so before it is in place (what they wrote into the old folder would be deleted with it).
+            self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         logger.info("Loading the module's weights from %s", resume_from_checkpoint)

@@ -7,6 +7,7 @@ import time
 
 from transformers import set_seed
 
+from . import positive_float, positive_int
 from ..distill import distill_continuations, read_prompts
 from ..loading import add_base_arguments, load_base_from_args
 
@@ -18,12 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_base_arguments(parser)
     parser.add_argument("--prompts", nargs="+", required=True, help=".txt (one prompt per line) or .jsonl files")
     parser.add_argument("--output", required=True, help="JSON lines file to write")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--no-chat-template", action="store_true", help="feed prompts raw, without the template")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=None)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    parser.add_argument("--temperature", type=positive_float, default=None)
+    parser.add_argument("--limit", type=positive_int, default=None, help="use only the first N prompts")
     parser.add_argument("--seed", type=int, default=0, help="random seed (makes --do-sample reproducible)")
 
 

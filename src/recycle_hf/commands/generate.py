@@ -8,6 +8,7 @@ import time
 import torch
 from transformers import TextStreamer
 
+from . import bounded, positive_float, positive_int
 from ..distill import format_prompt
 from ..generation_recyclegpt import DEFAULT_NUM_DRAFT_TOKENS, resolve_recycle_mode
 from ..loading import add_recycle_model_arguments, load_recycle_model_from_args
@@ -23,15 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["verify", "alternate", "none"], default="verify",
                         help="verify: lossless draft-and-verify (default); alternate: the paper's lossy schedule; "
                              "none: plain decoding")
-    parser.add_argument("--num-draft-tokens", type=int, default=DEFAULT_NUM_DRAFT_TOKENS)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--num-draft-tokens", type=_draft_count, default=DEFAULT_NUM_DRAFT_TOKENS,
+                        help="verify mode's drafts per base forward: an integer >= 1, or auto")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
     parser.add_argument("--compare", action="store_true", help="also run plain decoding and print the speed ratio")
     parser.add_argument("--no-chat-template", action="store_true")
     parser.add_argument("--do-sample", action="store_true")
-    parser.add_argument("--temperature", type=float, default=None)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--temperature", type=positive_float, default=None)
+    parser.add_argument("--top-k", type=positive_int, default=None)
+    parser.add_argument("--top-p", type=bounded(float, 0, 1, exclusive_minimum=True), default=None)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _draft_count(text: str) -> int | str:
+    return text if text == "auto" else positive_int(text)
 
 
 def _sampling_arguments(args: argparse.Namespace) -> dict:

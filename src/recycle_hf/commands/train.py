@@ -6,10 +6,12 @@ import argparse
 
 from transformers import set_seed
 
+from . import bounded, fraction, non_negative_float, positive_float, positive_int
 from ..adapter import add_base_lora, base_lora_config, load_recycle_adapter
 from ..data import load_token_blocks
 from ..defaults import DEFAULT_BASE_NAME
 from ..draft_vocabulary import frequent_token_ids
+from ..errors import InvalidInputError
 from ..graft import DEFAULT_GRAFT_INIT, GRAFT_INITS, graft_recycle_module
 from ..loading import DEFAULT_BASE, add_base_arguments, load_base_from_args
 from ..training import BaseStateDataset, RecycleTrainer, RecycleTrainingArguments, loss_settings
@@ -25,46 +27,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_base_arguments(parser)
     parser.add_argument("--data", nargs="+", required=True, help=".jsonl ('text' field) or .txt files, or globs")
     parser.add_argument("--output", required=True, help="folder for the adapter (checkpoints go in checkpoint-*)")
-    parser.add_argument("--block-size", type=int, default=256, help="tokens per training sequence (default 256)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="read at most this many tokens of --data")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per device per step (default 8)")
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default 1)")
-    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    parser.add_argument("--warmup-steps", type=float, default=0.05, help="warmup steps, or a fraction if < 1")
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--num-layers", type=int, default=1, help="decoder blocks in the module (default 1)")
+    parser.add_argument(
+        "--block-size", type=bounded(int, 2), default=256, help="tokens per training sequence (default 256)"
+    )
+    parser.add_argument("--max-tokens", type=positive_int, default=None, help="read at most this many tokens of --data")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per device per step (default 8)")
+    parser.add_argument("--gradient-accumulation-steps", type=positive_int, default=1)
+    parser.add_argument("--epochs", type=positive_float, default=1.0, help="passes over the data (default 1)")
+    parser.add_argument(
+        "--max-steps", type=positive_int, default=-1, help="stop after this many steps (overrides --epochs)"
+    )
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3, help="peak learning rate (default 1e-3)")
+    parser.add_argument(
+        "--warmup-steps", type=non_negative_float, default=0.05, help="warmup steps, or a fraction if < 1"
+    )
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
+    parser.add_argument("--num-layers", type=positive_int, default=1, help="decoder blocks in the module (default 1)")
     parser.add_argument("--init", choices=GRAFT_INITS, default=DEFAULT_GRAFT_INIT, help="how the fresh module starts")
     parser.add_argument("--adapter", default=None, help="continue training this adapter instead of a fresh module")
     parser.add_argument(
         "--draft-vocab-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="let verify mode draft only among the N most frequent tokens of --data (saved with the adapter)",
     )
     parser.add_argument(
         "--distill-weight",
-        type=float,
+        type=fraction,
         default=0.0,
         help="0..1: weight of the KL loss to the base's own next-token distribution (rest: cross-entropy on --data)",
     )
-    parser.add_argument("--distill-temperature", type=float, default=1.0)
+    parser.add_argument("--distill-temperature", type=positive_float, default=1.0)
     parser.add_argument(
         "--state-loss-weight",
-        type=float,
+        type=non_negative_float,
         default=0.0,
         help="weight of a smooth-L1 loss pulling the module's states towards the base's (better chained drafts)",
     )
     parser.add_argument(
         "--draft-depth",
-        type=int,
+        type=positive_int,
         default=1,
         help="train up to N chained drafts per position, the module reading its own states as verify mode does "
         "(training-time test; costs about N module passes per step). Default 1",
     )
     parser.add_argument(
-        "--draft-depth-decay", type=float, default=0.8, help="loss weight of depth d is DECAY**(d-1) (default 0.8)"
+        "--draft-depth-decay", type=non_negative_float, default=0.8,
+        help="loss weight of depth d is DECAY**(d-1) (default 0.8)"
     )
     parser.add_argument(
         "--precompute-base-states",
@@ -76,15 +85,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-data", nargs="+", default=None, help="held-out .jsonl/.txt files, evaluated at the end (and every "
         "--eval-steps)"
     )
-    parser.add_argument("--eval-steps", type=int, default=None, help="evaluate every N steps (default: at the end)")
+    parser.add_argument(
+        "--eval-steps", type=positive_int, default=None, help="evaluate every N steps (default: at the end)"
+    )
     parser.add_argument("--lora", action="store_true", help="also train LoRA layers on the base (joint fine-tuning)")
-    parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--lora-alpha", type=int, default=32)
-    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument("--lora-r", type=positive_int, default=16)
+    parser.add_argument("--lora-alpha", type=positive_int, default=32)
+    parser.add_argument("--lora-dropout", type=fraction, default=0.05)
     parser.add_argument(
         "--lora-target-modules", default=None, help="comma-separated module names (default: peft's for the base)"
     )
-    parser.add_argument("--lm-loss-weight", type=float, default=1.0, help="with --lora: weight of the base's LM loss")
+    parser.add_argument(
+        "--lm-loss-weight", type=non_negative_float, default=1.0, help="with --lora: weight of the base's LM loss"
+    )
     parser.add_argument(
         "--resume",
         nargs="?",
@@ -92,9 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="resume from the last checkpoint in --output, or from the given checkpoint folder",
     )
-    parser.add_argument("--logging-steps", type=int, default=10)
-    parser.add_argument("--save-steps", type=int, default=200, help="checkpoint every N steps (default 200)")
-    parser.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept (default 2)")
+    parser.add_argument("--logging-steps", type=positive_int, default=10)
+    parser.add_argument("--save-steps", type=positive_int, default=200, help="checkpoint every N steps (default 200)")
+    parser.add_argument("--save-total-limit", type=positive_int, default=2, help="checkpoints kept (default 2)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -109,7 +122,7 @@ def _lora_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     if args.precompute_base_states and args.lora:
-        raise SystemExit("--precompute-base-states needs a frozen base; drop it or --lora.")
+        raise InvalidInputError("--precompute-base-states needs a frozen base; drop it or --lora.")
     # Seeded before grafting too, so that --seed fixes the fresh module's initial weights, not only the data order.
     set_seed(args.seed)
     base_model, tokenizer = load_base_from_args(args)
@@ -179,10 +192,16 @@ def run(args: argparse.Namespace) -> int:
             if "eval_second_draft_agreement" in eval_log:
                 held_out.append(f"second chained draft's agreement {eval_log['eval_second_draft_agreement']:.3f}")
             print("Held-out: " + ", ".join(held_out) + ".")
+        if last_log:
+            logged = (
+                f"at step {last_log['step']}: recycle_loss {last_log['recycle_loss']:.3f}, "
+                f"top-1 accuracy {last_log.get('recycle_accuracy', float('nan')):.3f}"
+            )
+        else:  # Trainer logs every --logging-steps steps: a shorter run logged nothing
+            logged = f"no step logged (the run is shorter than --logging-steps {args.logging_steps})"
         print(
             f"Trained to step {result.global_step} in {result.metrics['train_runtime']:.0f} s "
-            f"({tokens_per_second:.0f} tokens/s); last recycle_loss {last_log.get('recycle_loss', float('nan')):.3f}, "
-            f"top-1 accuracy {last_log.get('recycle_accuracy', float('nan')):.3f}."
+            f"({tokens_per_second:.0f} tokens/s); last logged {logged}."
         )
         print(
             f"Adapter saved to {args.output}; load it with "
