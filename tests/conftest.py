@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,10 @@ from transformers import (
 )
 
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
+
+
+# num_draft_tokens="auto" keeps what it measured in a file: the tests' own, never the user's ~/.cache.
+os.environ["RECYCLE_HF_CALIBRATION"] = os.path.join(tempfile.mkdtemp(prefix="recycle-hf-tests-"), "draft_lengths.json")
 
 
 VOCAB_SIZE = 101

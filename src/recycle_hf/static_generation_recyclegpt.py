@@ -316,7 +316,7 @@ class StaticRecycleDecoder:
         started = time.perf_counter()
         output = self.prefill()
         self._stream(output)
-        base_forwards, compile_seconds = 1, 0.0
+        base_forwards, recycle_forwards, compile_seconds = 1, 0, 0.0
         while True:
             generating, most_remaining = self._progress(output.state)  # the step's one host synchronisation
             if not generating:
@@ -325,6 +325,7 @@ class StaticRecycleDecoder:
                 # The module's token is the last one any row needs: no base forward (as in the paper's schedule).
                 output = self.final_draft_step(output.state)
                 self._stream(output)
+                recycle_forwards += 1
                 continue
             if output.state.draft_states.device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()
@@ -337,6 +338,7 @@ class StaticRecycleDecoder:
                 output = _cloned(output)
             self._stream(output)
             base_forwards += 1
+            recycle_forwards += self.num_drafts
         if self.streamer is not None:
             self.streamer.end()
         state = output.state
@@ -345,7 +347,7 @@ class StaticRecycleDecoder:
         stats = {
             "base_forwards": base_forwards,
             "row_base_forwards": int(state.generating_row_steps),
-            "recycle_forwards": (base_forwards - 1) * self.num_drafts,
+            "recycle_forwards": recycle_forwards,
             "new_tokens": int(state.new_counts.sum()),
             "drafted_tokens": int(state.generating_row_steps - self.prompt_ids.shape[0]) * self.num_drafts,
             "accepted_drafts": int(state.accepted_drafts),

@@ -6,7 +6,7 @@ import argparse
 import time
 
 import torch
-from transformers import TextStreamer
+from transformers import CompileConfig, TextStreamer
 
 from . import bounded, positive_float, positive_int
 from ..distill import format_prompt
@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verify mode's drafts per base forward: an integer >= 1, or auto")
     parser.add_argument("--max-new-tokens", type=positive_int, default=128)
     parser.add_argument("--compare", action="store_true", help="also run plain decoding and print the speed ratio")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the decoding step (torch.compile; the first call pays tens of seconds on a CPU); "
+                             "with --compare, plain decoding runs transformers' static-cache compiled path too")
     parser.add_argument("--no-chat-template", action="store_true")
     parser.add_argument("--do-sample", action="store_true")
     parser.add_argument("--temperature", type=positive_float, default=None)
@@ -47,17 +50,27 @@ def _sampling_arguments(args: argparse.Namespace) -> dict:
     return {name: value for name, value in settings.items() if value is not None}
 
 
-def _timed_generate(model, inputs, mode, streamer, args) -> tuple[torch.Tensor, dict, float]:
+def _compile_arguments(args: argparse.Namespace) -> dict:
+    """What --compile asks of `generate`: transformers' own switches, including the one that compiles on the CPU."""
+    if not args.compile:
+        return {}
+    compile_config = CompileConfig()
+    compile_config._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": compile_config}
+
+
+def _timed_generate(model, inputs, mode, streamer, args, max_new_tokens=None) -> tuple[torch.Tensor, dict, float]:
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     output = model.generate(
         **inputs,
         recycle_mode=mode,
         num_draft_tokens=args.num_draft_tokens,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=max_new_tokens or args.max_new_tokens,
         streamer=streamer,
         return_dict_in_generate=True,
         **_sampling_arguments(args),
+        **_compile_arguments(args),
     )
     elapsed = time.perf_counter() - started
     new_tokens = output.sequences[0, inputs["input_ids"].shape[1] :]
@@ -70,17 +83,20 @@ def run(args: argparse.Namespace) -> int:
     mode = resolve_recycle_mode(args.mode)
     text = format_prompt(tokenizer, args.prompt, use_chat_template=not args.no_chat_template)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=args.no_chat_template).to(model.device)
-    # Short warm-up runs of every timed mode, so that one-time costs (first kernels, allocator growth, the timed
-    # choice of the few-row products) count against neither timed run.
+    # Short warm-up runs of every timed mode, so that one-time costs (first kernels, allocator growth, measuring
+    # num_draft_tokens="auto", compiling) count against neither timed run.
     for warmup_mode in (mode, None) if args.compare and mode is not None else (mode,):
-        model.generate(**inputs, recycle_mode=warmup_mode, max_new_tokens=WARMUP_TOKENS, do_sample=False)
+        _, _, warmup_seconds = _timed_generate(model, inputs, warmup_mode, None, args, WARMUP_TOKENS)
+        if args.compile:
+            print(f"[{warmup_mode or 'none'}] warm-up (compiles the step) took {warmup_seconds:.1f} s")
 
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     new_tokens, stats, elapsed = _timed_generate(model, inputs, mode, streamer, args)
     count = len(new_tokens)
     per_forward = stats["new_tokens"] / max(1, stats["base_forwards"])
+    drafts = f", k={stats['num_draft_tokens']}" if "num_draft_tokens" in stats else ""
     print(f"\n[{args.mode}] {count} tokens in {elapsed:.2f} s: {count / elapsed:.1f} tokens/s, "
-          f"{per_forward:.2f} tokens per base forward")
+          f"{per_forward:.2f} tokens per base forward{drafts} ({torch.get_num_threads()} torch threads)")
 
     if args.compare and mode is not None:
         plain_tokens, _, plain_elapsed = _timed_generate(model, inputs, None, None, args)
