@@ -60,7 +60,11 @@ def few_row_products(model: torch.nn.Module, device: torch.device) -> Iterator[N
         if type(module) is torch.nn.Linear and module.weight.numel() >= MIN_SWAPPED_PRODUCT_WEIGHT_ELEMENTS
     ]
     for layer in layers:
-        layer.forward = functools.partial(_few_row_linear_forward, layer)
+        # One redirected forward per layer, made once: a compiled step guards on the identity of what it traced,
+        # so a new object each call would recompile it every call.
+        if "_few_row_forward" not in vars(layer):
+            layer._few_row_forward = functools.partial(_few_row_linear_forward, layer)
+        layer.forward = layer._few_row_forward
     try:
         yield
     finally:

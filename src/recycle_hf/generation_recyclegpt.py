@@ -47,7 +47,7 @@ from transformers.utils import logging
 
 from .draft_length_recyclegpt import calibration_key, measure_draft_length, resolve_auto_draft_length
 from .few_row_products_recyclegpt import few_row_products
-from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
+from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder, speculative_acceptance
 
 
 logger = logging.get_logger(__name__)
@@ -337,32 +337,6 @@ def _select_tokens(scores: torch.Tensor, do_sample: bool) -> tuple[torch.Tensor,
         probs = torch.softmax(scores, dim=-1)
         return torch.multinomial(probs, num_samples=1).squeeze(1), probs
     return torch.argmax(scores, dim=-1), None
-
-
-def speculative_acceptance(
-    drafts: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The speculative-sampling rule (Leviathan et al., Chen et al.), batched.
-
-    drafts [B, k], draft_probs q [B, k, V], target_probs p [B, k + 1, V]. A draft is kept with probability
-    min(1, p/q); at the first rejection the token is resampled from max(0, p - q) renormalised, and if every draft is
-    kept the bonus token is sampled from p at position k. Returns (accepted count [B], next token [B]).
-    """
-    batch_size, k = drafts.shape
-    p_of_draft = target_probs[:, :k].gather(-1, drafts.unsqueeze(-1)).squeeze(-1)
-    q_of_draft = draft_probs.gather(-1, drafts.unsqueeze(-1)).squeeze(-1)
-    uniform = torch.rand(batch_size, k, device=drafts.device)
-    kept = uniform * q_of_draft < p_of_draft  # u < p/q without dividing by a q that may underflow
-    num_accepted = kept.long().cumprod(dim=1).sum(dim=1)
-    rows = torch.arange(batch_size, device=drafts.device)
-    target_at_stop = target_probs[rows, num_accepted]
-    padded_draft_probs = torch.cat([draft_probs, torch.zeros_like(draft_probs[:, :1])], dim=1)
-    residual = (target_at_stop - padded_draft_probs[rows, num_accepted]).clamp(min=0)
-    residual_mass = residual.sum(dim=-1, keepdim=True)
-    # p == q leaves no residual; then p itself is the right distribution.
-    next_distribution = torch.where(residual_mass > 0, residual / residual_mass.clamp(min=1e-30), target_at_stop)
-    next_tokens = torch.multinomial(next_distribution, num_samples=1).squeeze(1)
-    return num_accepted, next_tokens
 
 
 def slot_columns_needed(batch_size: int, max_new_tokens: int, num_drafts: int) -> int:

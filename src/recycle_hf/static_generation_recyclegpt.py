@@ -35,6 +35,9 @@ from .static_cache_recyclegpt import RowStaticCache, row_attention_mask
 
 # Slot counts are rounded up to a multiple of this, so prompts of different lengths share one compiled step.
 SLOT_BUCKET = 64
+# Each (mode, k, batch size, slot bucket, dtype, sampling settings) is one compiled graph of `step`; dynamo's default
+# limit of 8 graphs per function would end a benchmark of five draft lengths at two budgets with an error.
+COMPILED_GRAPHS_LIMIT = 64
 
 
 @dataclass
@@ -82,23 +85,26 @@ def sample_without_sync(probs: torch.Tensor) -> torch.Tensor:
     return torch.argmax(probs / race, dim=-1)
 
 
-def speculative_acceptance_static(
+def speculative_acceptance(
     drafts: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The speculative-sampling rule as in `generation_recyclegpt.speculative_acceptance`, sampled without sync.
+    """The speculative-sampling rule (Leviathan et al., Chen et al.), batched, without host synchronisation.
 
-    drafts [B, k], draft_probs q [B, k, V], target_probs p [B, k + 1, V] -> (accepted count [B], next token [B]).
+    drafts [B, k], draft_probs q [B, k, V], target_probs p [B, k + 1, V]. A draft is kept with probability
+    min(1, p/q); at the first rejection the token is resampled from max(0, p - q) renormalised, and if every draft is
+    kept the bonus token is sampled from p at position k. Returns (accepted count [B], next token [B]).
     """
     k = drafts.shape[1]
     p_of_draft = target_probs[:, :k].gather(-1, drafts.unsqueeze(-1)).squeeze(-1)
     q_of_draft = draft_probs.gather(-1, drafts.unsqueeze(-1)).squeeze(-1)
-    kept = torch.rand_like(p_of_draft) * q_of_draft < p_of_draft
+    kept = torch.rand_like(p_of_draft) * q_of_draft < p_of_draft  # u < p/q without dividing by a q that may underflow
     num_accepted = kept.long().cumprod(dim=1).sum(dim=1)
     index = num_accepted[:, None, None].expand(-1, 1, target_probs.shape[-1])
     target_at_stop = target_probs.gather(1, index).squeeze(1)
     padded_draft_probs = torch.cat([draft_probs, torch.zeros_like(draft_probs[:, :1])], dim=1)
     residual = (target_at_stop - padded_draft_probs.gather(1, index).squeeze(1)).clamp(min=0)
     residual_mass = residual.sum(dim=-1, keepdim=True)
+    # p == q leaves no residual; then p itself is the right distribution.
     next_distribution = torch.where(residual_mass > 0, residual / residual_mass.clamp(min=1e-30), target_at_stop)
     return num_accepted, sample_without_sync(next_distribution)
 
@@ -227,7 +233,7 @@ class StaticRecycleDecoder:
             return torch.full_like(next_tokens, self.num_drafts), next_tokens
         target_scores = self._process(self.model.vocab_logits(base))
         if self.do_sample:
-            return speculative_acceptance_static(drafts, draft_probs, torch.softmax(target_scores, dim=-1))
+            return speculative_acceptance(drafts, draft_probs, torch.softmax(target_scores, dim=-1))
         targets = target_scores.argmax(dim=-1)
         accepted = (drafts == targets[:, :-1]).long().cumprod(dim=1).sum(dim=1)
         return accepted, targets.gather(1, accepted.unsqueeze(1)).squeeze(1)
@@ -330,7 +336,8 @@ class StaticRecycleDecoder:
             if output.state.draft_states.device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()
             step_started = time.perf_counter()
-            output = self.step_function(output.state)
+            with torch._dynamo.config.patch(recompile_limit=COMPILED_GRAPHS_LIMIT):
+                output = self.step_function(output.state)
             if base_forwards == 1 and self.compiled:
                 compile_seconds = time.perf_counter() - step_started  # the first call compiles (or loads a cache)
             if output.state.draft_states.device.type == "cuda" and self.compiled:
@@ -408,6 +415,6 @@ __all__ = [
     "StaticRecycleDecoder",
     "StaticStepOutput",
     "sample_without_sync",
-    "speculative_acceptance_static",
+    "speculative_acceptance",
     "static_caches",
 ]
