@@ -36,6 +36,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 from transformers.utils import logging
 
+from .few_row_products_recyclegpt import few_row_products
 from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
 
 
@@ -148,6 +149,7 @@ def median_seconds(run: Callable[[], Any], repeats: int = TIMED_STEPS) -> float:
     return statistics.median(times)
 
 
+@torch.no_grad()  # as in `generate`: with gradients on, every step would record a graph and time too slow
 def measure_draft_length(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> int:
     """Time fast-path steps at k = 1..MAX_AUTO_DRAFT_TOKENS and plain one-token decoding on this batch, measure the
     module's acceptance on it, and choose (greedy steps, no EOS: a calibration decodes until its budget)."""
@@ -155,6 +157,22 @@ def measure_draft_length(model: Any, input_ids: torch.Tensor, attention_mask: to
         "num_draft_tokens='auto': measuring the fastest draft length for batch size %d (once; kept in %s).",
         input_ids.shape[0], calibration_file(),
     )
+    with few_row_products(model, input_ids.device):  # time the steps as decoding will run them
+        step_seconds, acceptance = _time_steps(model, input_ids, attention_mask)
+    plain_seconds = _plain_token_seconds(model, input_ids, attention_mask)
+    choice = choose_draft_length(acceptance, step_seconds, plain_seconds)
+    logger.info(
+        "num_draft_tokens='auto' chose %d: acceptance by depth %s, step ms by k %s, plain ms per token %.1f.",
+        choice, [round(a, 2) for a in acceptance], {k: round(v * 1e3, 1) for k, v in step_seconds.items()},
+        plain_seconds * 1e3,
+    )
+    return choice
+
+
+def _time_steps(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[dict[int, float], list[float]]:
+    """Median seconds of an eager fast-path step at each k, and the acceptance profile at the largest k."""
     step_seconds: dict[int, float] = {}
     accepted_counts: list[torch.Tensor] = []
     for num_drafts in range(1, MAX_AUTO_DRAFT_TOKENS + 1):
@@ -172,15 +190,7 @@ def measure_draft_length(model: Any, input_ids: torch.Tensor, attention_mask: to
         if num_drafts == MAX_AUTO_DRAFT_TOKENS:
             for _ in range(ACCEPTANCE_STEPS):
                 one_step()
-    acceptance = acceptance_profile(torch.cat(accepted_counts), MAX_AUTO_DRAFT_TOKENS)
-    plain_seconds = _plain_token_seconds(model, input_ids, attention_mask)
-    choice = choose_draft_length(acceptance, step_seconds, plain_seconds)
-    logger.info(
-        "num_draft_tokens='auto' chose %d: acceptance by depth %s, step ms by k %s, plain ms per token %.1f.",
-        choice, [round(a, 2) for a in acceptance], {k: round(v * 1e3, 1) for k, v in step_seconds.items()},
-        plain_seconds * 1e3,
-    )
-    return choice
+    return step_seconds, acceptance_profile(torch.cat(accepted_counts), MAX_AUTO_DRAFT_TOKENS)
 
 
 def _calibration_decoder(
