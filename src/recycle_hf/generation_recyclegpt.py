@@ -669,10 +669,6 @@ def recycle_decoding(
             sequences = loop.run()
             stats = loop.stats.as_dict()
     if generation_config.return_dict_in_generate:
-        stats.setdefault("tokens_per_base_forward", stats["new_tokens"] / max(1, stats["row_base_forwards"]))
-        if stats.get("acceptance_rate", _UNSET) is _UNSET:
-            drafted = stats["drafted_tokens"]
-            stats["acceptance_rate"] = stats["accepted_drafts"] / drafted if drafted else None
         stats.update(batch_size=input_ids.shape[0], mode=recycle_mode, num_draft_tokens=num_draft_tokens,
                      decoding_path="static" if use_static_path else "reference_loop")
         return RecycleGenerateOutput(sequences=sequences, recycle_stats=stats)

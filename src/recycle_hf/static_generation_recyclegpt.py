@@ -351,13 +351,16 @@ class StaticRecycleDecoder:
         state = output.state
         longest = int(state.new_counts.max())
         sequences = torch.cat([self.prompt_ids, state.output_ids[:, :longest]], dim=1)
+        drafted = int(state.generating_row_steps - self.prompt_ids.shape[0]) * self.num_drafts
         stats = {
             "base_forwards": base_forwards,
             "row_base_forwards": int(state.generating_row_steps),
             "recycle_forwards": recycle_forwards,
             "new_tokens": int(state.new_counts.sum()),
-            "drafted_tokens": int(state.generating_row_steps - self.prompt_ids.shape[0]) * self.num_drafts,
+            "drafted_tokens": drafted,
             "accepted_drafts": int(state.accepted_drafts),
+            "tokens_per_base_forward": int(state.new_counts.sum()) / max(1, int(state.generating_row_steps)),
+            "acceptance_rate": int(state.accepted_drafts) / drafted if drafted else None,
             "tokens_per_row": state.new_counts.tolist(),
             "compile_seconds": compile_seconds,
             "decoding_seconds": time.perf_counter() - started - compile_seconds,
