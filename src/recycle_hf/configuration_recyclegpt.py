@@ -21,6 +21,17 @@ logger = logging.get_logger(__name__)
 # Families whose decoding is covered by the test suite; others that pass validation may work but are untested.
 TESTED_BASE_MODEL_TYPES = ("llama", "opt", "qwen2", "gpt_neox", "gpt2")
 
+# The recyclable module's settings: the `RecycleGPTConfig` fields besides `base_config` (a recycle adapter records
+# them, and grafting accepts them without the `recycle_` prefix).
+RECYCLE_SETTING_NAMES = (
+    "recycle_num_layers",
+    "recycle_num_attention_heads",
+    "recycle_num_key_value_heads",
+    "recycle_intermediate_size",
+    "recycle_loss_weight",
+    "recycle_draft_vocab_size",
+)
+
 # Names the families use for the width of the MLP inside a decoder block.
 _INTERMEDIATE_SIZE_NAMES = ("intermediate_size", "ffn_dim", "n_inner")
 
@@ -114,9 +125,24 @@ class RecycleGPTConfig(PretrainedConfig):
     def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PretrainedConfig:
         return self.base_config.get_text_config(decoder=decoder, encoder=encoder)
 
+    # The `recycle_num_*` fields are the settings as given and saved (None: the base's); the `resolved_*` properties
+    # are the counts the module's blocks are built with.
     @property
-    def num_recycle_attention_heads(self) -> int:
+    def resolved_recycle_num_attention_heads(self) -> int:
+        """The module's attention heads: `recycle_num_attention_heads`, or the base's when that is None."""
         return self.recycle_num_attention_heads or self.base_config.num_attention_heads
+
+    @property
+    def resolved_recycle_num_key_value_heads(self) -> int | None:
+        """The module's key/value heads: `recycle_num_key_value_heads`; when None, the base's if the module keeps the
+        base's head count, else one per attention head. None for bases without grouped-query attention."""
+        if not hasattr(self.base_config, "num_key_value_heads"):
+            return None
+        if self.recycle_num_key_value_heads is not None:
+            return self.recycle_num_key_value_heads
+        if self.recycle_num_attention_heads in (None, self.base_config.num_attention_heads):
+            return self.base_config.num_key_value_heads
+        return self.recycle_num_attention_heads
 
     def validate_recycle_settings(self) -> None:
         """Raise a `ValueError` naming the offending field and the values it accepts."""
@@ -133,13 +159,13 @@ class RecycleGPTConfig(PretrainedConfig):
             )
         if not isinstance(self.recycle_num_layers, int) or self.recycle_num_layers < 1:
             raise ValueError(f"recycle_num_layers must be an integer >= 1, got {self.recycle_num_layers!r}.")
-        heads = self.num_recycle_attention_heads
+        heads = self.resolved_recycle_num_attention_heads
         if not isinstance(heads, int) or heads < 1 or base.hidden_size % heads != 0:
             raise ValueError(
                 f"recycle_num_attention_heads must be a positive divisor of the hidden size {base.hidden_size}, "
                 f"got {heads!r}."
             )
-        kv_heads = self.num_recycle_key_value_heads
+        kv_heads = self.resolved_recycle_num_key_value_heads
         if kv_heads is not None and (not isinstance(kv_heads, int) or kv_heads < 1 or heads % kv_heads != 0):
             raise ValueError(
                 f"recycle_num_key_value_heads must be a positive divisor of the module's {heads} attention heads, "
@@ -159,27 +185,17 @@ class RecycleGPTConfig(PretrainedConfig):
         if not isinstance(self.recycle_loss_weight, (int, float)) or self.recycle_loss_weight < 0:
             raise ValueError(f"recycle_loss_weight must be a number >= 0, got {self.recycle_loss_weight!r}.")
 
-    @property
-    def num_recycle_key_value_heads(self) -> int | None:
-        if not hasattr(self.base_config, "num_key_value_heads"):
-            return None
-        if self.recycle_num_key_value_heads is not None:
-            return self.recycle_num_key_value_heads
-        if self.recycle_num_attention_heads in (None, self.base_config.num_attention_heads):
-            return self.base_config.num_key_value_heads
-        return self.recycle_num_attention_heads
-
     def get_recycle_module_config(self) -> PretrainedConfig:
         """The base config reshaped for the module's blocks: layer count, heads and MLP width overridden."""
         base = self.base_config
         module_config = copy.deepcopy(base)
         module_config.num_hidden_layers = self.recycle_num_layers
-        heads = self.num_recycle_attention_heads
+        heads = self.resolved_recycle_num_attention_heads
         if heads != base.num_attention_heads:
             module_config.num_attention_heads = heads
             if getattr(base, "head_dim", None) is not None:
                 module_config.head_dim = base.hidden_size // heads
-        kv_heads = self.num_recycle_key_value_heads
+        kv_heads = self.resolved_recycle_num_key_value_heads
         if kv_heads is not None:
             module_config.num_key_value_heads = kv_heads
         if self.recycle_intermediate_size is not None:
@@ -213,4 +229,4 @@ def _as_base_config(base_config: dict | PretrainedConfig | None) -> PretrainedCo
     raise ValueError(f"base_config must be a dict, a PretrainedConfig or None, got {type(base_config).__name__}.")
 
 
-__all__ = ["RecycleGPTCheckpointError", "RecycleGPTConfig", "TESTED_BASE_MODEL_TYPES"]
+__all__ = ["RECYCLE_SETTING_NAMES", "RecycleGPTCheckpointError", "RecycleGPTConfig", "TESTED_BASE_MODEL_TYPES"]
