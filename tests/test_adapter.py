@@ -14,10 +14,11 @@ import torch
 from conftest import PAD, VOCAB_SIZE, left_padded_batch, tiny_base_config, tiny_base_model
 from peft import LoraConfig
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import recycle_hf.adapter as adapter_module
+import recycle_hf.adapter.saving as adapter_saving
 from recycle_hf import RecycleGPTForCausalLM, graft_recycle_module, load_recycle_adapter
 from recycle_hf.adapter import (
     ADAPTER_CONFIG_NAME,
@@ -166,7 +167,7 @@ def test_interrupted_save_keeps_the_previous_adapter(tmp_path, monkeypatch):
         Path(path).write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(adapter_module, "save_file", crash_midway)
+    monkeypatch.setattr(adapter_saving, "save_file", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         second.save_adapter(folder)
 
@@ -225,7 +226,7 @@ def test_lora_adapter_needs_a_matching_base_and_checks_before_injecting(tmp_path
     model = graft_recycle_module(tiny_base_model("llama"))
     add_base_lora(model, LoraConfig(r=4, target_modules=["q_proj"]))
     _perturbed(model).save_adapter(tmp_path / "adapter")
-    tensors = adapter_module.load_file(tmp_path / "adapter" / ADAPTER_WEIGHTS_NAME)
+    tensors = load_file(tmp_path / "adapter" / ADAPTER_WEIGHTS_NAME)
     dropped = next(key for key in tensors if key.startswith("base_lm.") and "layers.1" in key)
     del tensors[dropped]
     save_file(tensors, tmp_path / "adapter" / ADAPTER_WEIGHTS_NAME)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from .configuration_recyclegpt import TESTED_BASE_MODEL_TYPES, RecycleGPTConfig
+from .configuration_recyclegpt import RECYCLE_SETTING_NAMES, TESTED_BASE_MODEL_TYPES, RecycleGPTConfig
 from .modeling_recyclegpt import RecycleGPTForCausalLM, find_decoder_blocks
 
 
@@ -29,13 +29,10 @@ logger = logging.getLogger(__name__)
 GRAFT_INITS = ("identity", "copy_last", "random")
 DEFAULT_GRAFT_INIT = "identity"
 
-# Short names accepted by `graft_recycle_module`, mapped to the `RecycleGPTConfig` fields.
+# Short names accepted by `graft_recycle_module`, mapped to the `RecycleGPTConfig` fields (the layer count is its own
+# argument, `num_layers`).
 _MODULE_SETTING_NAMES = {
-    "num_attention_heads": "recycle_num_attention_heads",
-    "num_key_value_heads": "recycle_num_key_value_heads",
-    "intermediate_size": "recycle_intermediate_size",
-    "loss_weight": "recycle_loss_weight",
-    "draft_vocab_size": "recycle_draft_vocab_size",
+    name.removeprefix("recycle_"): name for name in RECYCLE_SETTING_NAMES if name != "recycle_num_layers"
 }
 
 # Where backbones keep the norm applied to their last hidden state (LLaMA/Qwen2, OPT, GPT-NeoX, GPT-2, ...).

@@ -281,7 +281,10 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
     def save_adapter(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save only the recyclable module (plus LoRA weights on the base, if any) as a small PEFT-style adapter.
 
-        Needs the `recycle-hf` package (`pip install recycle-hf`); reload with `recycle_hf.load_recycle_adapter`.
+        A thin entry to `recycle_hf.adapter.save_recycle_adapter`, which owns the adapter format and takes the
+        `kwargs` (`base_model_name_or_path`, `state_dict`, `push_to_hub`, `repo_id`, `token`, ...). It is imported
+        when called: this file is remote code, which loads without recycle-hf, while saving an adapter needs the
+        package (`pip install recycle-hf`). Reload with `recycle_hf.load_recycle_adapter`.
         """
         try:
             from recycle_hf.adapter import save_recycle_adapter
