@@ -1,4 +1,4 @@
-"""Choosing the draft vocabulary: the token ids verify mode may draft (see `RecycleGPTConfig.recycle_draft_vocab_size`)."""
+"""Choosing the draft vocabulary: the token ids verify mode may draft (`RecycleGPTConfig.recycle_draft_vocab_size`)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -40,32 +40,12 @@ _FROZEN_BASE_ONLY = (
     "Precomputed base states only hold for a frozen base; with LoRA on the base, train on token blocks."
 )
 
-# The fields of `RecycleTrainingArguments` (and options of `recycle-hf train`) that `RecycleTrainingModel` takes.
-LOSS_SETTINGS = (
-    "distill_weight",
-    "distill_temperature",
-    "lm_loss_weight",
-    "state_loss_weight",
-    "draft_depth",
-    "draft_depth_decay",
-)
-
-# Per-batch statistics the wrapper returns and `RecycleTrainer` logs (averaged over the logging interval).
-TRAINING_METRICS = (
-    "recycle_loss",
-    "recycle_accuracy",
-    "distill_loss",
-    "base_agreement",
-    "second_draft_agreement",
-    "state_loss",
-    "lm_loss",
-)
-
 
 @dataclass
-class RecycleTrainingArguments(TrainingArguments):
+class RecycleLossSettings:
     r"""
-    `TrainingArguments` plus the module's loss settings.
+    The settings of the module's training loss, one definition for the training arguments (whose fields they are),
+    the command-line options and the training wrapper.
 
     Args:
         distill_weight (`float`, defaults to 0.0):
@@ -74,13 +54,13 @@ class RecycleTrainingArguments(TrainingArguments):
             same position (soft targets; what verify-mode acceptance depends on). 0 trains on the labels only.
         distill_temperature (`float`, defaults to 1.0):
             Temperature applied to both distributions in the KL term.
+        lm_loss_weight (`float`, defaults to 1.0):
+            With LoRA on the base, weight of the base's own cross-entropy added to the loss (keeps the base a good
+            language model while it adapts to the module). Unused when the base is frozen.
         state_loss_weight (`float`, defaults to 0.0):
             Weight of a smooth-L1 loss pulling the module's output state at position j towards the base's state
             h_j (EAGLE's feature regression). Verify mode feeds that output state to the module in place of h_j
             when it drafts more than one token, so this is what makes second and later drafts good.
-        lm_loss_weight (`float`, defaults to 1.0):
-            With LoRA on the base, weight of the base's own cross-entropy added to the loss (keeps the base a good
-            language model while it adapts to the module). Unused when the base is frozen.
         draft_depth (`int`, defaults to 1):
             Train the module as verify mode chains it, up to this many drafts in a row: at depth d > 1 the module
             reads its own depth d-1 output state in place of the base's and attends to the same cache entries as
@@ -92,13 +72,12 @@ class RecycleTrainingArguments(TrainingArguments):
 
     distill_weight: float = field(default=0.0, metadata={"help": "Weight of the KL loss to the base's distribution."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Temperature of the distillation loss."})
-    state_loss_weight: float = field(default=0.0, metadata={"help": "Weight of the state regression loss."})
     lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the base's LM loss when the base trains."})
+    state_loss_weight: float = field(default=0.0, metadata={"help": "Weight of the state regression loss."})
     draft_depth: int = field(default=1, metadata={"help": "Chained drafts trained per position (training-time test)."})
     draft_depth_decay: float = field(default=0.8, metadata={"help": "Loss weight ratio between successive depths."})
 
     def __post_init__(self):
-        super().__post_init__()
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be between 0 and 1, got {self.distill_weight}.")
         if self.distill_temperature <= 0:
@@ -113,18 +92,41 @@ class RecycleTrainingArguments(TrainingArguments):
             raise ValueError(f"draft_depth_decay must be > 0, got {self.draft_depth_decay}.")
 
 
+# The names of the loss settings: fields of `RecycleTrainingArguments`, options of the training commands and keyword
+# arguments of `RecycleTrainingModel`.
+LOSS_SETTINGS = tuple(setting.name for setting in fields(RecycleLossSettings))
+
+
+@dataclass
+class RecycleTrainingArguments(RecycleLossSettings, TrainingArguments):
+    """`TrainingArguments` plus the module's loss settings ([`RecycleLossSettings`])."""
+
+    def __post_init__(self):
+        TrainingArguments.__post_init__(self)
+        RecycleLossSettings.__post_init__(self)
+
+
 @dataclass
 class RecycleTrainingOutput(ModelOutput):
-    """The loss `Trainer` minimises and detached per-batch statistics (see `TRAINING_METRICS`)."""
+    """The loss `Trainer` minimises and detached per-batch statistics, which `RecycleTrainer` logs (averaged over
+    the logging interval)."""
 
     loss: torch.Tensor | None = None
+    # The module's cross-entropy and top-1 accuracy on the labels (first draft).
     recycle_loss: torch.Tensor | None = None
     recycle_accuracy: torch.Tensor | None = None
+    # With distillation: the KL term; whenever the base's logits are computed: top-1 agreement with the base.
     distill_loss: torch.Tensor | None = None
     base_agreement: torch.Tensor | None = None
-    state_loss: torch.Tensor | None = None
-    lm_loss: torch.Tensor | None = None
+    # With draft_depth > 1: the second chained draft's top-1 agreement with the base.
     second_draft_agreement: torch.Tensor | None = None
+    state_loss: torch.Tensor | None = None
+    # With LoRA on the base: the base's own cross-entropy.
+    lm_loss: torch.Tensor | None = None
+
+
+# The per-batch statistics of `RecycleTrainingOutput`, by name.
+TRAINING_METRICS = tuple(output.name for output in fields(RecycleTrainingOutput) if output.name != "loss")
 
 
 def loss_settings(arguments: Any) -> dict[str, Any]:
@@ -150,26 +152,12 @@ class RecycleTrainingModel(nn.Module):
     # The loss is a per-batch mean: Trainer scales it for gradient accumulation itself.
     accepts_loss_kwargs = False
 
-    def __init__(
-        self,
-        model: RecycleGPTForCausalLM,
-        distill_weight: float = 0.0,
-        distill_temperature: float = 1.0,
-        lm_loss_weight: float = 1.0,
-        state_loss_weight: float = 0.0,
-        draft_depth: int = 1,
-        draft_depth_decay: float = 0.8,
-        recycle_loss_weight: float = 1.0,
-    ):
+    def __init__(self, model: RecycleGPTForCausalLM, recycle_loss_weight: float = 1.0, **loss_settings: Any):
+        """`loss_settings`: the fields of [`RecycleLossSettings`] by name; those not given keep their defaults."""
         super().__init__()
         self.model = model
         self.recycle_loss_weight = recycle_loss_weight
-        self.distill_weight = distill_weight
-        self.distill_temperature = distill_temperature
-        self.lm_loss_weight = lm_loss_weight
-        self.state_loss_weight = state_loss_weight
-        self.draft_depth = draft_depth
-        self.draft_depth_decay = draft_depth_decay
+        self.loss_settings = RecycleLossSettings(**loss_settings)
 
     @property
     def base_is_trainable(self) -> bool:
@@ -188,7 +176,7 @@ class RecycleTrainingModel(nn.Module):
         labels: torch.LongTensor | None = None,
         base_states: torch.Tensor | None = None,
     ) -> RecycleTrainingOutput:
-        model = self.model
+        model, settings = self.model, self.loss_settings
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if labels is None:
@@ -196,7 +184,7 @@ class RecycleTrainingModel(nn.Module):
         position_ids = positions_from_attention_mask(attention_mask, input_ids.shape[1])
         base_trainable = self.base_is_trainable
         # Evaluation always reports the agreement with the base, the number verify mode's speed depends on.
-        need_base_logits = base_trainable or self.distill_weight > 0 or not self.training
+        need_base_logits = base_trainable or settings.distill_weight > 0 or not self.training
 
         if base_states is None:
             with torch.set_grad_enabled(base_trainable and torch.is_grad_enabled()):
@@ -204,7 +192,7 @@ class RecycleTrainingModel(nn.Module):
         elif base_trainable:
             raise ValueError(_FROZEN_BASE_ONLY)
         states_per_depth = chained_module_states(
-            model, input_ids, base_states, attention_mask, position_ids, self.draft_depth
+            model, input_ids, base_states, attention_mask, position_ids, settings.draft_depth
         )
 
         # Both outputs at position j predict token j+1; only positions with a target enter the losses.
@@ -218,8 +206,8 @@ class RecycleTrainingModel(nn.Module):
                 base_logits = model.vocab_logits(base_states[:, :-1][has_target]).float()
             # Computed once for all depths; each depth takes the rows of its positions.
             teacher_log_probs = None
-            if self.distill_weight > 0:
-                teacher_log_probs = F.log_softmax(base_logits.detach() / self.distill_temperature, dim=-1)
+            if settings.distill_weight > 0:
+                teacher_log_probs = F.log_softmax(base_logits.detach() / settings.distill_temperature, dim=-1)
             teacher = _Teacher(top1=base_logits.argmax(-1), log_probs=teacher_log_probs)
         loss = 0.0
         statistics: dict[str, torch.Tensor] = {}
@@ -233,7 +221,7 @@ class RecycleTrainingModel(nn.Module):
                 teacher.rows(in_chain) if teacher is not None else None,
                 target_base_states[in_chain],
             )
-            loss = loss + self.draft_depth_decay ** (depth - 1) * depth_loss
+            loss = loss + settings.draft_depth_decay ** (depth - 1) * depth_loss
             if depth == 1:
                 statistics.update(depth_statistics)
             elif depth == 2 and "base_agreement" in depth_statistics:
@@ -242,7 +230,7 @@ class RecycleTrainingModel(nn.Module):
             loss = self.recycle_loss_weight * loss
         if base_trainable:
             lm_loss = F.cross_entropy(base_logits, target_ids)
-            loss = loss + self.lm_loss_weight * lm_loss
+            loss = loss + settings.lm_loss_weight * lm_loss
             statistics["lm_loss"] = lm_loss.detach()
         # Built in one go: a ModelOutput only lists (and DDP only sees) the fields given to its constructor.
         return RecycleTrainingOutput(loss=loss, **statistics)
@@ -255,6 +243,7 @@ class RecycleTrainingModel(nn.Module):
         base_states: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The module's loss at one draft depth, over [tokens, dim] states, and its detached statistics."""
+        settings = self.loss_settings
         recycle_logits = self.model.vocab_logits(module_states).float()
         recycle_loss = F.cross_entropy(recycle_logits, target_ids)
         statistics = {
@@ -265,13 +254,13 @@ class RecycleTrainingModel(nn.Module):
         if teacher is not None:
             statistics["base_agreement"] = (recycle_logits.argmax(-1) == teacher.top1).float().mean().detach()
             if teacher.log_probs is not None:
-                distill_loss = _kl_to_teacher(recycle_logits, teacher.log_probs, self.distill_temperature)
-                loss = (1 - self.distill_weight) * recycle_loss + self.distill_weight * distill_loss
+                distill_loss = _kl_to_teacher(recycle_logits, teacher.log_probs, settings.distill_temperature)
+                loss = (1 - settings.distill_weight) * recycle_loss + settings.distill_weight * distill_loss
                 statistics["distill_loss"] = distill_loss.detach()
-        if self.state_loss_weight > 0:
+        if settings.state_loss_weight > 0:
             # The module's state at j stands in for h_j when verify mode drafts the token after next.
             state_loss = F.smooth_l1_loss(module_states.float(), base_states.float())
-            loss = loss + self.state_loss_weight * state_loss
+            loss = loss + settings.state_loss_weight * state_loss
             statistics["state_loss"] = state_loss.detach()
         return loss, statistics
 

@@ -25,7 +25,8 @@ from ..pretraining import (
     require_weights,
 )
 from ..streaming_data import DEFAULT_DOCUMENTS_PER_GROUP, resolve_corpus_files, stream_token_blocks
-from ..training import LOSS_SETTINGS, loss_settings
+from ..training import LOSS_SETTINGS
+from .training_arguments import common_training_arguments
 
 
 HELP = (
@@ -139,27 +140,15 @@ def _resume_checkpoint(args: argparse.Namespace) -> str | None:
 
 def _training_arguments(args: argparse.Namespace) -> JointTrainingArguments:
     return JointTrainingArguments(
-        output_dir=args.output,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
+        **common_training_arguments(args),
         adam_beta2=args.adam_beta2,
         max_grad_norm=args.max_grad_norm,
         lr_scheduler_type=args.lr_scheduler,
-        logging_steps=args.logging_steps,
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
-        seed=args.seed,
         bf16=args.bf16,
         activation_checkpointing=args.gradient_checkpointing,
         use_cpu=args.cpu,
         dataloader_num_workers=args.dataloader_workers,
-        report_to="none",
         recycle_loss_weight=args.recycle_loss_weight,
-        **loss_settings(args),
     )
 
 

@@ -14,7 +14,8 @@ from ..draft_vocabulary import frequent_token_ids
 from ..errors import InvalidInputError
 from ..graft import DEFAULT_GRAFT_INIT, GRAFT_INITS, graft_recycle_module
 from ..loading import DEFAULT_BASE, add_base_arguments, load_base_from_args
-from ..training import BaseStateDataset, RecycleTrainer, RecycleTrainingArguments, loss_settings
+from ..training import BaseStateDataset, RecycleTrainer, RecycleTrainingArguments
+from .training_arguments import common_training_arguments
 
 
 HELP = (
@@ -143,22 +144,10 @@ def run(args: argparse.Namespace) -> int:
         if eval_dataset is not None:
             eval_dataset = BaseStateDataset.compute(model, eval_dataset, args.batch_size, desc="eval base states")
     training_args = RecycleTrainingArguments(
-        output_dir=args.output,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        **common_training_arguments(args),
         num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
         lr_scheduler_type="cosine",
-        logging_steps=args.logging_steps,
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
-        seed=args.seed,
         use_cpu=args.device == "cpu",
-        report_to="none",
-        **loss_settings(args),
         eval_strategy="steps" if eval_dataset is not None and args.eval_steps else "no",
         eval_steps=args.eval_steps,
         per_device_eval_batch_size=args.batch_size,

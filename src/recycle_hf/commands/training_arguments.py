@@ -1,0 +1,28 @@
+"""The `TrainingArguments` that `recycle-hf train` and `recycle-hf pretrain` both take from their options."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..training import loss_settings
+
+
+def common_training_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """`TrainingArguments` fields (the loss settings among them) from the options both training commands have, under
+    the same names; each command adds its own (epochs, scheduler, precision, device, ...)."""
+    return {
+        "output_dir": args.output,
+        "per_device_train_batch_size": args.batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "max_steps": args.max_steps,
+        "learning_rate": args.learning_rate,
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "logging_steps": args.logging_steps,
+        "save_steps": args.save_steps,
+        "save_total_limit": args.save_total_limit,
+        "seed": args.seed,
+        "report_to": "none",
+        **loss_settings(args),
+    }
