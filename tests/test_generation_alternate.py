@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-import recycle_hf.generation_recyclegpt as generation
+import recycle_hf.reference_loop_recyclegpt as reference_loop
 from recycle_hf import RecycleGPTForCausalLM
 
 from conftest import EOS, PAD, left_padded_batch, tiny_recycle_model
@@ -267,8 +267,8 @@ def test_an_empty_prompt_gets_a_clear_error():
 
 def test_the_reference_loop_allocates_slots_for_what_it_can_use():
     """At most k + 1 columns per step and at most what every row gains: batch 1 needs about max_new_tokens + 2k."""
-    assert generation.slot_columns_needed(1, 20, 16) == 20 + 16 + 16 + 1
-    assert generation.slot_columns_needed(4, 20, 1) == 20 * 2 + 1 + 1
+    assert reference_loop.slot_columns_needed(1, 20, 16) == 20 + 16 + 16 + 1
+    assert reference_loop.slot_columns_needed(4, 20, 1) == 20 * 2 + 1 + 1
     model = tiny_recycle_model("llama")
     input_ids, attention_mask = left_padded_batch([5, 3], seed=4)
     expected = model.base_lm.generate(input_ids, attention_mask=attention_mask, max_new_tokens=9, do_sample=False)

@@ -5,10 +5,10 @@ import itertools
 import pytest
 import torch
 
-import recycle_hf.generation_recyclegpt as generation
+import recycle_hf.reference_loop_recyclegpt as reference_loop
 import recycle_hf.static_generation_recyclegpt as static_generation
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
-from recycle_hf.generation_recyclegpt import RecycleDecoder
+from recycle_hf.reference_loop_recyclegpt import ModuleDrafter
 
 from conftest import PAD, left_padded_batch, tiny_base_config, tiny_recycle_model
 
@@ -33,19 +33,17 @@ def test_greedy_verify_equals_plain_greedy_with_mixed_padding(family, num_draft_
     assert torch.equal(ours, expected)
 
 
-class OracleDrafts:
-    """Replace the module's drafts by the true plain-greedy continuation for a row- and step-dependent number of
-    tokens, then wrong tokens: exercises acceptance, ragged rows, masked holes and both rollbacks on the real loop
-    (the module still runs and fills its cache; only the tokens it proposes are replaced)."""
+class OracleDrafter(ModuleDrafter):
+    """A drafter that replaces the module's drafts by the true plain-greedy continuation for a row- and
+    step-dependent number of tokens, then wrong tokens: exercises acceptance, ragged rows, masked holes and both
+    rollbacks on the real loop (the module still runs and fills its cache; only the tokens it proposes change)."""
 
     def __init__(self, plain_sequences, prompt_length, vocab_size):
         self.plain, self.prompt_length, self.vocab_size = plain_sequences, prompt_length, vocab_size
-        self.real_draft = RecycleDecoder.draft
         self.step = 0
-        self.cache_lengths = []
 
-    def __call__(self, decoder, num_drafts):
-        tokens, scores, probs = self.real_draft(decoder, num_drafts)
+    def draft(self, decoder, num_drafts):
+        tokens, scores, probs = super().draft(decoder, num_drafts)
         tokens = tokens.clone()
         for row, count in enumerate(decoder.rows.new_counts):
             correct = (self.step + 2 * row) % (num_drafts + 1)
@@ -60,15 +58,14 @@ class OracleDrafts:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("num_draft_tokens", [2, 3])
-def test_verify_with_partly_correct_drafts_equals_plain_and_accepts(family, num_draft_tokens, monkeypatch):
+def test_verify_with_partly_correct_drafts_equals_plain_and_accepts(family, num_draft_tokens):
     model = tiny_recycle_model(family)
     input_ids, attention_mask = left_padded_batch([9, 2, 6, 4], seed=2)
     expected = plain_greedy(model, input_ids, attention_mask, 16, eos_token_id=None, pad_token_id=PAD)
-    oracle = OracleDrafts(expected, input_ids.shape[1], model.config.base_config.vocab_size)
-    monkeypatch.setattr(RecycleDecoder, "draft", lambda decoder, n: oracle(decoder, n))
+    oracle = OracleDrafter(expected, input_ids.shape[1], model.config.base_config.vocab_size)
     output = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=16, do_sample=False,
                             recycle_mode="verify", num_draft_tokens=num_draft_tokens, return_dict_in_generate=True,
-                            eos_token_id=None, pad_token_id=PAD, cache_implementation="dynamic")
+                            eos_token_id=None, pad_token_id=PAD, recycle_drafter=oracle)
     assert torch.equal(output.sequences, expected)
     stats = output.recycle_stats
     assert stats["accepted_drafts"] > 0.25 * stats["drafted_tokens"]
@@ -76,16 +73,14 @@ def test_verify_with_partly_correct_drafts_equals_plain_and_accepts(family, num_
     assert stats["tokens_per_row"] == [16, 16, 16, 16]
 
 
-def test_rows_accept_independently_and_are_not_changed_by_neighbours(monkeypatch):
+def test_rows_accept_independently_and_are_not_changed_by_neighbours():
     model = tiny_recycle_model("llama")
     input_ids, attention_mask = left_padded_batch([7, 3, 5], seed=5)
     expected = plain_greedy(model, input_ids, attention_mask, 14, eos_token_id=None, pad_token_id=PAD)
-    oracle = OracleDrafts(expected, input_ids.shape[1], model.config.base_config.vocab_size)
-    monkeypatch.setattr(RecycleDecoder, "draft", lambda decoder, n: oracle(decoder, n))
+    oracle = OracleDrafter(expected, input_ids.shape[1], model.config.base_config.vocab_size)
     width = input_ids.shape[1]
     batched = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=14, recycle_mode="verify",
-                             num_draft_tokens=3, eos_token_id=None, pad_token_id=PAD, cache_implementation="dynamic")
-    monkeypatch.undo()
+                             num_draft_tokens=3, eos_token_id=None, pad_token_id=PAD, recycle_drafter=oracle)
     for row in range(3):
         start = width - int(attention_mask[row].sum())
         alone = model.generate(input_ids[row : row + 1, start:], max_new_tokens=14, recycle_mode="verify",
@@ -93,28 +88,25 @@ def test_rows_accept_independently_and_are_not_changed_by_neighbours(monkeypatch
         assert torch.equal(batched[row, width:], alone[0, width - start :])
 
 
-def test_caches_roll_back_to_the_accepted_sequence(monkeypatch):
+def test_caches_roll_back_to_the_accepted_sequence():
     """Batch 1. After every step the base cache holds exactly the committed tokens except the newest one; the
     module cache additionally lacks the drafts accepted in that step (it recomputes them from true base states
     at the start of the next step)."""
     model = tiny_recycle_model("llama")
     input_ids, _ = left_padded_batch([6], seed=7)
     expected = plain_greedy(model, input_ids, None, 12, eos_token_id=None, pad_token_id=PAD)
-    oracle = OracleDrafts(expected, 6, model.config.base_config.vocab_size)
     checks = []
-    real_advance = RecycleDecoder._advance
 
-    def checked_advance(decoder, states, accepted, accepted_list, next_tokens, num_drafts):
-        real_advance(decoder, states, accepted, accepted_list, next_tokens, num_drafts)
-        committed = 6 + decoder.rows.new_counts[0]
-        checks.append((decoder.base_cache.get_seq_length(), committed - 1,
-                       decoder.module_cache.get_seq_length(), committed - 1 - accepted_list[0], num_drafts,
-                       accepted_list[0]))
+    class CheckingOracle(OracleDrafter):
+        def update(self, decoder, num_drafts, accepted):
+            committed = 6 + decoder.rows.new_counts[0]
+            checks.append((decoder.base_cache.get_seq_length(), committed - 1,
+                           decoder.module_cache.get_seq_length(), committed - 1 - accepted[0], num_drafts,
+                           accepted[0]))
 
-    monkeypatch.setattr(RecycleDecoder, "draft", lambda decoder, n: oracle(decoder, n))
-    monkeypatch.setattr(RecycleDecoder, "_advance", checked_advance)
+    oracle = CheckingOracle(expected, 6, model.config.base_config.vocab_size)
     output = model.generate(input_ids, max_new_tokens=12, recycle_mode="verify", num_draft_tokens=3,
-                            eos_token_id=None, pad_token_id=PAD, cache_implementation="dynamic")
+                            eos_token_id=None, pad_token_id=PAD, recycle_drafter=oracle)
     assert torch.equal(output, expected)
     assert any(num_drafts > accepted for *_, num_drafts, accepted in checks), "no step had a rejection"
     for base_length, expected_base, module_length, expected_module, num_drafts, _ in checks:
@@ -207,7 +199,7 @@ def empirical_joint_distribution(model, prompt, length, samples, **generate_kwar
     return torch.bincount(codes, minlength=VOCAB**length).float() / samples
 
 
-TRUE_RULE = generation.speculative_acceptance
+TRUE_RULE = static_generation.speculative_acceptance
 
 
 def always_accept(drafts, draft_probs, target_probs):
@@ -233,7 +225,7 @@ def test_sampled_verify_output_distribution_equals_plain_sampling(monkeypatch, p
     length, samples = 3, 30000
     exact = exact_joint_distribution(model, prompt, length)
     # Both implementations share one rule; each looks it up in its own module, where the test swaps it.
-    rule_owner = static_generation if path == "static" else generation
+    rule_owner = static_generation if path == "static" else reference_loop
 
     def total_variation(**kwargs):
         return 0.5 * (empirical_joint_distribution(model, prompt, length, samples, **kwargs) - exact).abs().sum()
@@ -252,23 +244,22 @@ def test_sampled_verify_output_distribution_equals_plain_sampling(monkeypatch, p
 
 
 # ------------------------------------------------------------------------------------------- draft vocabulary
-def test_draft_vocabulary_restricts_drafts_and_keeps_output_identical(monkeypatch, tmp_path):
+def test_draft_vocabulary_restricts_drafts_and_keeps_output_identical(tmp_path):
     model = tiny_recycle_model("llama")
     allowed = torch.tensor([5, 9, 17, 23, 40, 41, 77, 88, 90, 99])
     model.set_draft_vocabulary(allowed)
     seen = []
-    real_draft = RecycleDecoder.draft
 
-    def recording_draft(decoder, num_drafts):
-        tokens, scores, probs = real_draft(decoder, num_drafts)
-        seen.append(tokens)
-        return tokens, scores, probs
+    class RecordingDrafter(ModuleDrafter):
+        def draft(self, decoder, num_drafts):
+            tokens, scores, probs = super().draft(decoder, num_drafts)
+            seen.append(tokens)
+            return tokens, scores, probs
 
-    monkeypatch.setattr(RecycleDecoder, "draft", recording_draft)
     input_ids, attention_mask = left_padded_batch([8, 3, 6], seed=12)
     expected = plain_greedy(model, input_ids, attention_mask, 10)
     ours = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=10, recycle_mode="verify",
-                          num_draft_tokens=3, cache_implementation="dynamic")
+                          num_draft_tokens=3, recycle_drafter=RecordingDrafter())
     assert torch.equal(ours, expected)
     assert torch.equal(model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=10,
                                       recycle_mode="verify", num_draft_tokens=3), expected)  # the fast path

@@ -4,14 +4,20 @@ automatic fallback, and `num_draft_tokens="auto"`."""
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
-from transformers import CompileConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import CompileConfig, LlamaConfig, StoppingCriteria, StoppingCriteriaList
 
-import recycle_hf.draft_length_recyclegpt as draft_length
-import recycle_hf.generation_recyclegpt as generation
-from recycle_hf.draft_length_recyclegpt import MAX_AUTO_DRAFT_TOKENS, expected_tokens_per_step, choose_draft_length
+from recycle_hf.draft_length_recyclegpt import (
+    MAX_AUTO_DRAFT_TOKENS,
+    PLAIN_MARGIN,
+    choose_draft_length,
+    draft_length_choices,
+    expected_tokens_per_step,
+)
 from recycle_hf.static_generation_recyclegpt import SLOT_BUCKET
 
-from conftest import PAD, left_padded_batch, tiny_recycle_model
+from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
+
+from conftest import PAD, VOCAB_SIZE, left_padded_batch, tiny_recycle_model
 
 
 FAMILIES = ["llama", "opt", "opt-350m-style", "qwen2", "gpt_neox", "gpt2"]
@@ -204,8 +210,13 @@ def test_expected_tokens_and_the_choice_of_k():
 
 def oracle_model(agrees):
     """A model whose LM head is zero: base and module both predict token 0 everywhere, so every draft is accepted;
-    with a draft vocabulary without token 0, no draft ever is."""
-    model = tiny_recycle_model("llama", seed=3)
+    with a draft vocabulary without token 0, no draft ever is. The base is 4 layers of width 512, so that its
+    forward, not Python overhead, decides what a step costs (as for real models) even on a loaded machine."""
+    torch.manual_seed(3)
+    base_config = LlamaConfig(hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8,
+                              num_key_value_heads=4, vocab_size=VOCAB_SIZE, pad_token_id=PAD, eos_token_id=None,
+                              bos_token_id=None, max_position_embeddings=512)
+    model = RecycleGPTForCausalLM(RecycleGPTConfig(base_config=base_config)).eval()
     with torch.no_grad():
         model.get_output_embeddings().weight.zero_()
     if not agrees:
@@ -216,24 +227,36 @@ def oracle_model(agrees):
 @pytest.mark.parametrize("agrees", [True, False])
 def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, tmp_path):
     monkeypatch.setenv("RECYCLE_HF_CALIBRATION", str(tmp_path / "draft_lengths.json"))
-    monkeypatch.setattr(draft_length, "_CHOICES", {})
     model = oracle_model(agrees)
     input_ids, attention_mask = left_padded_batch([6, 4], seed=2)
     expected = plain(model, input_ids, attention_mask, max_new_tokens=8)
     output = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8, recycle_mode="verify",
                             return_dict_in_generate=True)
     assert torch.equal(output.sequences, expected)
+    choices = draft_length_choices(model)
+    (measurement,) = choices.measured.values()
+    assert measurement.choice == choose_draft_length(
+        measurement.acceptance, measurement.step_seconds, measurement.plain_seconds
+    )
     if agrees:
+        assert measurement.acceptance == [1.0] * MAX_AUTO_DRAFT_TOKENS
         # Every draft pays, so a long draft wins; which of the longest is fastest is the timings' call.
         assert output.recycle_stats["num_draft_tokens"] >= MAX_AUTO_DRAFT_TOKENS - 2
         assert output.recycle_stats["tokens_per_base_forward"] > 2.5  # 8 tokens in 3 base forwards at k >= 3
     else:
-        assert getattr(output, "recycle_stats", None) is None  # k = 0: the base's own generate ran
-    # Kept: neither a later call in this process nor a new process measures again.
-    monkeypatch.setattr(generation, "measure_draft_length", lambda *args: pytest.fail("measured twice"))
+        # Nothing is ever accepted: a step yields one token, so only a step cheaper than a plain token (possible on
+        # a tiny model, where `generate`'s own overhead dominates) may be chosen over plain decoding.
+        assert measurement.acceptance == [0.0] * MAX_AUTO_DRAFT_TOKENS
+        if measurement.choice == 0:
+            assert getattr(output, "recycle_stats", None) is None  # k = 0: the base's own generate ran
+        else:
+            assert measurement.step_seconds[measurement.choice] * PLAIN_MARGIN < measurement.plain_seconds
+            assert output.recycle_stats["num_draft_tokens"] == measurement.choice
+    # Kept: neither a later call in this process nor a new process (only the file remembers) measures again.
     model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify")
-    monkeypatch.setattr(draft_length, "_CHOICES", {})
+    choices.forget()
     model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify")
+    assert len(choices.measured) == 1
     assert (tmp_path / "draft_lengths.json").is_file()
 
 

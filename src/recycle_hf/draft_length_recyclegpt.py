@@ -7,11 +7,11 @@ Plain decoding costs C_plain per token. auto picks the k with the highest E(k) /
 plain `generate`) unless that beats 1 / C_plain.
 
 Both sides are measured, not assumed, because they depend on the machine, the batch size and the module:
-- C(k) and C_plain are timed on this call's own model and batch shape: a few eager fast-path steps at each k and a
-  few one-token base forwards over the same cache, medians of `TIMED_STEPS` (a fitted cost model would need the same
-  timings and adds a model that can be wrong on a new machine);
-- the acceptance profile comes from the model config (`recycle_acceptance`, measured on held-out text when the module
-  was trained) or, where there is none, from the verify steps of that same calibration.
+- C(k) and C_plain are timed on this call's own model and batch shape: medians of `TIMED_STEPS` eager fast-path
+  steps at each k, and the median time between tokens of the base's own `generate` (read off a stopping criterion,
+  so the prompt's forward, whose noise at batch 16 exceeds a few tokens' cost, stays out). A fitted cost model would
+  need the same timings and adds a model that can be wrong on a new machine;
+- the acceptance profile comes from the verify steps of that same calibration, on this call's own prompts.
 A calibration changes which forward shapes run and so, in floating point, can change rounding. So the choice is made
 before the first output and kept: in memory for the process and in a JSON file (`calibration_file()`) for later
 processes, keyed by model, dtype, device, thread count and batch size. The same inputs then give the same k, and the
@@ -28,12 +28,13 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.utils import logging
 
 from .few_row_products_recyclegpt import few_row_products
@@ -43,15 +44,14 @@ from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
 logger = logging.get_logger(__name__)
 
 MAX_AUTO_DRAFT_TOKENS = 5
-TIMED_STEPS = 3
+TIMED_STEPS = 5
 # Steps at the largest k whose accepted counts measure the acceptance profile (with the timed ones).
 ACCEPTANCE_STEPS = 8
 # A calibration's token budget: room for every timed step at the largest k.
 CALIBRATION_TOKENS = (TIMED_STEPS + 2 + ACCEPTANCE_STEPS) * (MAX_AUTO_DRAFT_TOKENS + 1)
-PLAIN_TIMED_TOKENS = 6
+PLAIN_TIMED_TOKENS = 8
 # A draft length must beat plain decoding by this much to be chosen: calibration medians still carry noise.
 PLAIN_MARGIN = 1.05
-_CHOICES: dict[str, int] = {}
 
 
 def expected_tokens_per_step(acceptance: Sequence[float], num_drafts: int) -> float:
@@ -149,8 +149,20 @@ def median_seconds(run: Callable[[], Any], repeats: int = TIMED_STEPS) -> float:
     return statistics.median(times)
 
 
+@dataclass
+class DraftLengthMeasurement:
+    """One calibration: what was measured and the draft length it chose."""
+
+    acceptance: list[float]
+    step_seconds: dict[int, float]
+    plain_seconds: float
+    choice: int
+
+
 @torch.no_grad()  # as in `generate`: with gradients on, every step would record a graph and time too slow
-def measure_draft_length(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> int:
+def measure_draft_length(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> DraftLengthMeasurement:
     """Time fast-path steps at k = 1..MAX_AUTO_DRAFT_TOKENS and plain one-token decoding on this batch, measure the
     module's acceptance on it, and choose (greedy steps, no EOS: a calibration decodes until its budget)."""
     logger.info(
@@ -166,7 +178,7 @@ def measure_draft_length(model: Any, input_ids: torch.Tensor, attention_mask: to
         choice, [round(a, 2) for a in acceptance], {k: round(v * 1e3, 1) for k, v in step_seconds.items()},
         plain_seconds * 1e3,
     )
-    return choice
+    return DraftLengthMeasurement(acceptance, step_seconds, plain_seconds, choice)
 
 
 def _time_steps(
@@ -209,34 +221,70 @@ def _calibration_decoder(
     return StaticRecycleDecoder(model, input_ids, attention_mask, settings, eos_token_ids=None)
 
 
+class _TokenClock(StoppingCriteria):
+    """A stopping criterion that never stops and notes when `generate` has finished each token."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 def _plain_token_seconds(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> float:
-    """Seconds per token of the base's own `generate` on this batch: the difference of two budgets, so that the
-    prompt's forward cancels."""
-    def plain(max_new_tokens: int) -> Callable[[], torch.Tensor]:
-        return lambda: model.base_lm.generate(
-            input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=0,
-        )
+    """Seconds per token of the base's own `generate` on this batch: the median time between its tokens (the first
+    gap, still warming up, left out)."""
+    clock = _TokenClock(input_ids.device)
+    budget = 2 + PLAIN_TIMED_TOKENS
+    model.base_lm.generate(
+        input_ids, attention_mask=attention_mask, max_new_tokens=budget, min_new_tokens=budget, do_sample=False,
+        pad_token_id=0, stopping_criteria=StoppingCriteriaList([clock]),
+    )
+    gaps = [later - earlier for earlier, later in zip(clock.times[1:], clock.times[2:])]
+    return statistics.median(gaps)
 
-    short, long = median_seconds(plain(1)), median_seconds(plain(1 + PLAIN_TIMED_TOKENS))
-    return max(long - short, 1e-9) / PLAIN_TIMED_TOKENS
+
+class DraftLengthChoices:
+    """A model's chosen draft lengths by calibration key: in memory for this process, in `calibration_file()` for
+    later ones. `measured` keeps the calibrations this object ran."""
+
+    def __init__(self) -> None:
+        self.in_memory: dict[str, int] = {}
+        self.measured: dict[str, DraftLengthMeasurement] = {}
+
+    def resolve(self, key: str, measure: Callable[[], DraftLengthMeasurement]) -> int:
+        """The remembered choice for `key` (this process, then the file), else `measure()`, remembered in both."""
+        if key in self.in_memory:
+            return self.in_memory[key]
+        path = calibration_file()
+        stored = _read_choices(path).get(key)
+        if stored is None:
+            self.measured[key] = measure()
+            stored = self.measured[key].choice
+            _write_choice(path, key, stored)
+        self.in_memory[key] = stored
+        return stored
+
+    def forget(self) -> None:
+        """Drop what this process remembers (the file stays), as a new process starts."""
+        self.in_memory.clear()
 
 
-def resolve_auto_draft_length(key: str, measure: Callable[[], int]) -> int:
-    """The remembered choice for `key` (this process, then the calibration file), else `measure()` and remember it."""
-    if key in _CHOICES:
-        return _CHOICES[key]
-    path = calibration_file()
-    stored = _read_choices(path).get(key)
-    if stored is None:
-        stored = measure()
-        _write_choice(path, key, stored)
-    _CHOICES[key] = stored
-    return stored
+def draft_length_choices(model: Any) -> DraftLengthChoices:
+    """The model's `DraftLengthChoices`, made on first use."""
+    if getattr(model, "_recycle_draft_length_choices", None) is None:
+        model._recycle_draft_length_choices = DraftLengthChoices()
+    return model._recycle_draft_length_choices
 
 
 __all__ = [
     "MAX_AUTO_DRAFT_TOKENS",
+    "DraftLengthChoices",
+    "DraftLengthMeasurement",
     "acceptance_profile",
     "calibration_file",
     "calibration_key",
@@ -244,5 +292,5 @@ __all__ = [
     "expected_tokens_per_step",
     "measure_draft_length",
     "median_seconds",
-    "resolve_auto_draft_length",
+    "draft_length_choices",
 ]

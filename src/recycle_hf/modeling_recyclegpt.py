@@ -31,9 +31,11 @@ from torch import nn
 from transformers import AutoModelForCausalLM, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 from transformers.utils import ModelOutput, logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_recyclegpt import RecycleGPTCheckpointError, RecycleGPTConfig
 from .generation_recyclegpt import RecycleGenerationMixin
+from .masks_recyclegpt import positions_from_attention_mask
 
 
 logger = logging.get_logger(__name__)
@@ -67,13 +69,6 @@ class RecycleGPTOutput(ModelOutput):
     cache: RecycleCache | None = None
     last_hidden_state: torch.Tensor | None = None
     recycle_hidden_state: torch.Tensor | None = None
-
-
-def positions_from_attention_mask(attention_mask: torch.Tensor, num_new: int) -> torch.Tensor:
-    """Position ids of the last `num_new` tokens, counting only unpadded ones (as `generate` computes them)."""
-    position_ids = attention_mask.long().cumsum(-1) - 1
-    position_ids = position_ids.masked_fill(attention_mask == 0, 0)
-    return position_ids[:, -num_new:]
 
 
 def find_decoder_blocks(backbone: nn.Module, num_layers: int) -> nn.ModuleList:
@@ -458,6 +453,8 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
         # `where`, not a product: padded query rows of sdpa can hold NaN, and NaN * 0 is NaN.
         return torch.where(previous_valid.unsqueeze(-1), previous, torch.zeros_like(previous))
 
+    # transformers' name for the cache; ours holds two caches (base and module), hence its own name.
+    @deprecate_kwarg("past_key_values", version="6.0.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -476,12 +473,11 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
                 0 for (left) padding.
             position_ids (`torch.LongTensor`, *optional*): defaults to the count of real tokens before each one.
             cache ([`RecycleCache`], *optional*): caches from an earlier call (see `new_cache`), updated in place.
-                `past_key_values=` is accepted as its older name.
+                `past_key_values=` is accepted as its older name, with a deprecation warning.
             labels (`torch.LongTensor`, *optional*): targets, shifted inside as for any causal LM; -100 is ignored.
             use_cache (`bool`, *optional*): return a cache (a new one when `past_key_values` is None).
             return_recycle_logits (`bool`, defaults to True): also run the module.
         """
-        cache = kwargs.pop("past_key_values", cache)
         if use_cache and cache is None:
             cache = self.new_cache()
         num_new = input_ids.shape[1]
@@ -509,10 +505,12 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
 
         loss = lm_loss = recycle_loss = None
         if labels is not None:
-            lm_loss = shifted_cross_entropy(logits, labels)
+            # transformers' shared causal-LM loss: shifts labels, upcasts to float32, ignores -100.
+            vocab_size = logits.shape[-1]
+            lm_loss = self.loss_function(logits, labels, vocab_size)
             loss = lm_loss
             if recycle_logits is not None:
-                recycle_loss = shifted_cross_entropy(recycle_logits, labels)
+                recycle_loss = self.loss_function(recycle_logits, labels, vocab_size)
                 loss = lm_loss + self.config.recycle_loss_weight * recycle_loss
 
         return RecycleGPTOutput(
@@ -685,13 +683,6 @@ def _link_or_copy(source: str | os.PathLike, destination: str | os.PathLike) -> 
         shutil.copy2(source, destination)
 
 
-def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy: `logits[:, j]` against `labels[:, j + 1]`, ignoring -100."""
-    shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shifted_labels = labels[:, 1:].reshape(-1).to(logits.device)
-    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=-100)
-
-
 __all__ = [
     "RecycleCache",
     "RecycleGPTForCausalLM",
@@ -702,6 +693,5 @@ __all__ = [
     "positions_from_attention_mask",
     "publish_checkpoint",
     "publish_folder",
-    "shifted_cross_entropy",
     "staged_folder",
 ]

@@ -1,5 +1,5 @@
 # Copyright 2026 The recycle-hf team. Licensed under the Apache License, Version 2.0.
-"""A static key/value cache whose rows write at their own positions, and the attention masks that go with it.
+"""A static key/value cache whose rows write at their own positions (its masks: `masks_recyclegpt.py`).
 
 transformers' `StaticLayer` writes every row of a batch at the same columns (one `cumulative_length`). In verify
 mode rows accept different numbers of drafts, so with shared columns the rows that accepted fewer would leave masked
@@ -49,27 +49,4 @@ class RowStaticCache(Cache):
         torch._dynamo.mark_static_address(self.write_start)
 
 
-def row_attention_mask(
-    write_start: torch.Tensor,
-    num_queries: int,
-    not_padding: torch.Tensor,
-    attention_implementation: str,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """The 4-D mask of queries at slots `write_start[b] + i` over all cache slots: [batch, 1, queries, slots].
-
-    A query sees every earlier slot of its row that is not left padding, and itself (so that a padding query has one
-    key and sdpa gives no NaN). Slots past the query, stale drafts among them, stay hidden. sdpa takes the boolean
-    mask; eager attention adds a float mask (0 or the dtype's minimum).
-    """
-    slots = torch.arange(not_padding.shape[1], device=not_padding.device)
-    query_slots = write_start.unsqueeze(1) + torch.arange(num_queries, device=not_padding.device)
-    earlier = slots[None, None, :] <= query_slots[:, :, None]
-    visible = (earlier & not_padding[:, None, :]) | (slots[None, None, :] == query_slots[:, :, None])
-    visible = visible.unsqueeze(1)
-    if attention_implementation == "eager":
-        return torch.where(visible, 0.0, torch.finfo(dtype).min).to(dtype)
-    return visible
-
-
-__all__ = ["RowStaticCache", "RowStaticLayer", "row_attention_mask"]
+__all__ = ["RowStaticCache", "RowStaticLayer"]

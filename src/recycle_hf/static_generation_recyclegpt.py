@@ -30,7 +30,8 @@ from typing import Any, Callable
 import torch
 
 from .few_row_products_recyclegpt import project_rows
-from .static_cache_recyclegpt import RowStaticCache, row_attention_mask
+from .masks_recyclegpt import row_attention_mask
+from .static_cache_recyclegpt import RowStaticCache
 
 
 # Slot counts are rounded up to a multiple of this, so prompts of different lengths share one compiled step.

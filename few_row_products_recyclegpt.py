@@ -1,0 +1,1 @@
+src/recycle_hf/few_row_products_recyclegpt.py

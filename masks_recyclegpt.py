@@ -1,0 +1,1 @@
+src/recycle_hf/masks_recyclegpt.py

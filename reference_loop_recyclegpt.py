@@ -1,0 +1,1 @@
+src/recycle_hf/reference_loop_recyclegpt.py

@@ -1,0 +1,1 @@
+src/recycle_hf/static_cache_recyclegpt.py

@@ -1,0 +1,1 @@
+src/recycle_hf/static_generation_recyclegpt.py
