@@ -52,6 +52,8 @@ CALIBRATION_TOKENS = (TIMED_STEPS + 2 + ACCEPTANCE_STEPS) * (MAX_AUTO_DRAFT_TOKE
 PLAIN_TIMED_TOKENS = 8
 # A draft length must beat plain decoding by this much to be chosen: calibration medians still carry noise.
 PLAIN_MARGIN = 1.05
+# Part of every calibration key: a new way of measuring makes choices kept by an older one measure again.
+CALIBRATION_METHOD = 2
 
 
 def expected_tokens_per_step(acceptance: Sequence[float], num_drafts: int) -> float:
@@ -111,6 +113,7 @@ def calibration_key(model: Any, batch_size: int, mode_settings: str) -> str:
         f"batch{batch_size}",
         mode_settings,
         torch.__version__,
+        f"method{CALIBRATION_METHOD}",
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
