@@ -17,7 +17,7 @@ import sys
 import torch
 from transformers import CompileConfig
 
-from recycle_hf.distill import format_prompt
+from recycle_hf.distill import format_prompt, read_prompts
 from recycle_hf.loading import load_recycle_model
 
 
@@ -42,7 +42,7 @@ def main() -> int:
     model, tokenizer = load_recycle_model(dtype="bfloat16", device=args.device)
     compile_config = CompileConfig()
     compile_config._compile_all_devices = True
-    prompts = [line.strip() for line in open(args.prompts_file, encoding="utf-8") if line.strip()][: args.limit]
+    prompts = read_prompts([args.prompts_file])[: args.limit]
     rows = []
     for prompt in prompts:
         text = format_prompt(tokenizer, prompt, use_chat_template=True)

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from recycle_hf import load_recycle_adapter
 from recycle_hf.adapter import read_adapter_config
-from recycle_hf.loading import load_base
+from recycle_hf.loading import DTYPES, load_base
 
 
 def main() -> None:
@@ -19,11 +17,11 @@ def main() -> None:
     parser.add_argument("adapter")
     parser.add_argument("target")
     parser.add_argument("--base", default="default")
-    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
     args = parser.parse_args()
     base, _ = load_base(args.base)
     model = load_recycle_adapter(base, args.adapter)
-    model.recycle_module.to(getattr(torch, args.dtype))
+    model.recycle_module.to(DTYPES[args.dtype])
     base_name = read_adapter_config(args.adapter).get("base_model_name_or_path")
     model.save_adapter(args.target, base_model_name_or_path=base_name)
 

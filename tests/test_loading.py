@@ -87,3 +87,16 @@ def test_a_pickled_base_loads_only_through_torchs_restricted_unpickler(tmp_path,
     model, _ = loading.load_base(str(tmp_path / "base"))
     assert calls and all(weights_only is True for weights_only in calls)
     assert torch.equal(model.lm_head.weight, tiny_base_model("llama").lm_head.weight)
+
+
+def test_the_default_base_means_the_shipped_adapter_and_its_absence_is_named(tmp_path, monkeypatch):
+    assert loading.default_adapter("default") == str(loading.DEFAULT_ADAPTER_DIR)
+    assert loading.default_adapter(str(tmp_path)) is None
+
+    def load_base(*args, **kwargs):
+        raise AssertionError("the base was loaded")
+
+    monkeypatch.setattr(loading, "load_base", load_base)
+    monkeypatch.setattr(loading, "DEFAULT_ADAPTER_DIR", tmp_path / "no-adapter")
+    with pytest.raises(InputNotFoundError, match="no shipped SmolLM2 adapter"):
+        loading.load_recycle_model()

@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .errors import InvalidInputError
+from .loading import pad_token_id
 
 
 logger = logging.getLogger(__name__)
@@ -61,20 +63,26 @@ def read_documents(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
             if text.strip():
                 yield text
             continue
-        with path.open(encoding="utf-8") as lines:
-            for line_number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InvalidInputError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
-                text = record.get("text") if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    raise InvalidInputError(
-                        f"{path}:{line_number}: each JSON line must be an object with a string 'text' field."
-                    )
-                yield text
+        for line_number, record in read_json_lines(path):
+            text = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise InvalidInputError(
+                    f"{path}:{line_number}: each JSON line must be an object with a string 'text' field."
+                )
+            yield text
+
+
+def read_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """`(line number, value)` for every non-blank line of a JSON Lines file; a line that is not JSON is named."""
+    with Path(path).open(encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InvalidInputError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
+            yield line_number, value
 
 
 def tokenize_documents(
@@ -162,11 +170,11 @@ def load_token_blocks(
     `max_tokens` caps the tokens read (the first ones, in file order).
     """
     files = resolve_data_files(data_files)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_token_id is None:
+    pad_id = pad_token_id(tokenizer)
+    if pad_id is None:
         raise ValueError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token first.")
     token_ids = tokenize_documents(read_documents(files), tokenizer, max_tokens=max_tokens)
-    dataset = TokenBlockDataset(token_ids, block_size, pad_token_id)
+    dataset = TokenBlockDataset(token_ids, block_size, pad_id)
     logger.info(
         "Training data: %d files, %d tokens, %d blocks of %d", len(files), dataset.num_tokens, len(dataset), block_size
     )
@@ -178,6 +186,7 @@ __all__ = [
     "TokenBlockDataset",
     "load_token_blocks",
     "read_documents",
+    "read_json_lines",
     "resolve_data_files",
     "tokenize_documents",
 ]

@@ -1,11 +1,15 @@
-"""Self-distillation data: continuations the base model generates itself, so the module learns its distribution."""
+"""Self-distillation data: continuations the base model generates itself, so the module learns its distribution.
+
+Also the prompt rules every generating command shares: how prompt files are read, how a prompt is wrapped in the
+chat template, and where a generated continuation ends.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -13,7 +17,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .atomic import staged_file
+from .data import read_json_lines
 from .errors import InputNotFoundError, InvalidInputError
+from .loading import ensure_pad_token
 
 
 logger = logging.getLogger(__name__)
@@ -27,13 +33,7 @@ def read_prompts(paths: Iterable[str | os.PathLike]) -> list[str]:
         if not path.is_file():
             raise InputNotFoundError(f"Prompt file {path} does not exist (or is not a file).")
         if path.suffix == ".jsonl":
-            for line_number, line in enumerate(path.read_text().splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InvalidInputError(f"{path}:{line_number}: not valid JSON ({error.msg}).") from error
+            for line_number, record in read_json_lines(path):
                 prompt = record.get("prompt", record.get("text")) if isinstance(record, dict) else None
                 if not isinstance(prompt, str):
                     raise InvalidInputError(
@@ -47,12 +47,16 @@ def read_prompts(paths: Iterable[str | os.PathLike]) -> list[str]:
     return prompts
 
 
-def _until_first_eos(tokens: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
-    """The generated tokens up to and including the first end-of-sequence token (padding follows it)."""
-    if eos_token_id is None:
-        return tokens
-    eos_positions = (tokens == eos_token_id).nonzero()
-    return tokens[: int(eos_positions[0]) + 1] if len(eos_positions) else tokens
+def continuation_lengths(new_tokens: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:
+    """Per row of generated tokens, how many are real: up to and including the first EOS, else all (what follows
+    an EOS is padding)."""
+    is_eos = torch.zeros_like(new_tokens, dtype=torch.bool)
+    for eos_token_id in eos_token_ids:
+        is_eos |= new_tokens == eos_token_id
+    width = new_tokens.shape[1]
+    positions = torch.arange(width, device=new_tokens.device).expand_as(new_tokens)
+    first_eos = torch.where(is_eos, positions, torch.full_like(positions, width)).min(dim=1).values
+    return torch.clamp(first_eos + 1, max=width)
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool) -> str:
@@ -82,8 +86,8 @@ def distill_continuations(
     """
     output_path = Path(output_path)
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
+    eos_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     # Shorter prompts first so that batches pad little.
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
     generated_tokens = 0
@@ -96,8 +100,9 @@ def distill_continuations(
                 **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generate_kwargs
             )
             new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
-            for prompt, prefix, tokens in zip(batch_prompts, formatted, new_tokens):
-                tokens = _until_first_eos(tokens, tokenizer.eos_token_id)
+            lengths = continuation_lengths(new_tokens, eos_token_ids).tolist()
+            for prompt, prefix, tokens, length in zip(batch_prompts, formatted, new_tokens, lengths):
+                tokens = tokens[:length]
                 generated_tokens += len(tokens)
                 completion = tokenizer.decode(tokens, skip_special_tokens=False)
                 record = {"prompt": prompt, "completion": completion, "text": prefix + completion}

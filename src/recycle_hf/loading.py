@@ -1,4 +1,6 @@
-"""Loading bases and recycle models from command-line style arguments (shared by the `recycle-hf` commands)."""
+"""Loading bases and recycle models from command-line style arguments (shared by the `recycle-hf` commands, the
+benchmarks and lm-eval's `recyclegpt` model), and the rules every loader follows: the dtype names, what
+`base="default"` means, and the pad token a tokenizer without one gets."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .configuration_recyclegpt import RecycleGPTCheckpointError
-from .defaults import DEFAULT_ADAPTER_DIR, load_default_base
+from .defaults import DEFAULT_ADAPTER_DIR, DEFAULT_BASE_NAME, load_default_base
 from .errors import InputNotFoundError, InvalidInputError
 from .modeling_recyclegpt import check_safetensors_file
 
@@ -22,7 +24,45 @@ from .modeling_recyclegpt import check_safetensors_file
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE = "default"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+# The dtype names every command line and script accepts.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Loading also takes "auto": the dtype the weights were saved in.
+_LOAD_DTYPES: dict[str, torch.dtype | str] = {**DTYPES, "auto": "auto"}
+
+
+def base_model_name(base: str) -> str:
+    """What `base` is called in results and adapters: `base="default"` is the embedded SmolLM2-135M-Instruct."""
+    return DEFAULT_BASE_NAME if base == DEFAULT_BASE else str(base)
+
+
+def default_adapter(base: str) -> str | None:
+    """The adapter `base` loads with when none is named: for `base="default"` the shipped SmolLM2 module, for any
+    other base None (each caller decides what a base without one means).
+
+    Raises `InputNotFoundError` for the default base where this installation lacks the shipped module.
+    """
+    if base != DEFAULT_BASE:
+        return None
+    from .adapter import ADAPTER_CONFIG_NAME
+
+    if not (DEFAULT_ADAPTER_DIR / ADAPTER_CONFIG_NAME).is_file():
+        raise InputNotFoundError(
+            f"This installation has no shipped SmolLM2 adapter ({DEFAULT_ADAPTER_DIR}); name an adapter folder "
+            "(--adapter DIR, or adapter=DIR in lm-eval's model arguments)."
+        )
+    return str(DEFAULT_ADAPTER_DIR)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The id to pad with: the tokenizer's pad token, else its EOS token (generation pads finished rows with it)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a pad token its EOS token as one (the rule of `pad_token_id`), for `padding=True`."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def add_base_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +72,7 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
         help="base causal LM: a folder or hub id, or 'default' for the embedded SmolLM2-135M-Instruct",
     )
     parser.add_argument("--gguf-file", default=None, help="GGUF file inside --base to load (dequantized)")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=sorted(_LOAD_DTYPES), default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -82,7 +122,7 @@ def load_base(
     base: str = DEFAULT_BASE, gguf_file: str | None = None, dtype: str = "float32", device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A base causal LM and its tokenizer; `base="default"` is the embedded SmolLM2-135M-Instruct."""
-    torch_dtype = _DTYPES[dtype]
+    torch_dtype = _LOAD_DTYPES[dtype]
     if base == DEFAULT_BASE:
         model, tokenizer = load_default_base(dtype=torch.float32 if torch_dtype == "auto" else torch_dtype)
     else:
@@ -93,9 +133,7 @@ def load_base(
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         model = _from_pretrained(AutoModelForCausalLM.from_pretrained, base, "base", dtype=torch_dtype, **extra)
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, base, "base's tokenizer", **extra)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), ensure_pad_token(tokenizer)
 
 
 def load_base_from_args(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -125,20 +163,20 @@ def load_recycle_model(
         from . import RecycleGPTForCausalLM
 
         check_local_folder(model, "model", "config.json")
-        recycle_model = _from_pretrained(RecycleGPTForCausalLM.from_pretrained, model, "model", dtype=_DTYPES[dtype])
+        recycle_model = _from_pretrained(
+            RecycleGPTForCausalLM.from_pretrained, model, "model", dtype=_LOAD_DTYPES[dtype]
+        )
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, model, "model's tokenizer")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return recycle_model.to(device).eval(), tokenizer
+        return recycle_model.to(device).eval(), ensure_pad_token(tokenizer)
     from .adapter import load_recycle_adapter, read_adapter_config, resolve_adapter_folder
 
     # Checked before the base loads, which can take minutes.
     if adapter is None:
-        if base != DEFAULT_BASE:
+        adapter = default_adapter(base)
+        if adapter is None:
             raise InvalidInputError(
                 "--base needs --adapter (a recycle adapter folder), or pass --model for a full checkpoint."
             )
-        adapter = str(DEFAULT_ADAPTER_DIR)
     adapter_folder = resolve_adapter_folder(adapter)
     read_adapter_config(adapter_folder)
     base_model, tokenizer = load_base(base, gguf_file, dtype, device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from transformers import GenerationConfig, LlamaConfig
@@ -16,52 +17,40 @@ from .modeling_recyclegpt import RecycleGPTForCausalLM
 logger = logging.getLogger(__name__)
 
 
-def _recyclegpt_1_3b() -> RecycleGPTConfig:
-    # LLaMA-style 1.3B base as in the paper (24 layers, hidden 2048, 16 heads, vocab 32000); a 4-block module adds
-    # about 15% parameters (each block plus the 2d->d projection is ~4.4% of the base).
-    base = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=2048,
-        intermediate_size=5504,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    return RecycleGPTConfig(base_config=base, recycle_num_layers=4)
+# LLaMA's special token ids, shared by every LLaMA-style shape.
+LLAMA_SPECIAL_TOKENS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
-def _tiny() -> RecycleGPTConfig:
-    base = LlamaConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=True,
-    )
-    return RecycleGPTConfig(base_config=base, recycle_num_layers=1)
+class Preset(NamedTuple):
+    base_dimensions: dict[str, Any]  # of the LLaMA-style base (`LlamaConfig` arguments)
+    recycle_num_layers: int
+    dtype: torch.dtype  # of the checkpoint `init_preset` writes
 
 
-PRESETS = {
-    "recyclegpt-1.3b": (_recyclegpt_1_3b, torch.bfloat16),
-    "tiny": (_tiny, torch.float32),
+# A table of shapes, as gpt-fast's `transformer_configs`. recyclegpt-1.3b is the paper's LLaMA-style base (24 layers,
+# hidden 2048, 16 heads, vocab 32000); its 4-block module adds about 15% parameters (each block plus the 2d->d
+# projection is ~4.4% of the base).
+PRESETS: dict[str, Preset] = {
+    "recyclegpt-1.3b": Preset(dict(vocab_size=32000, hidden_size=2048, intermediate_size=5504, num_hidden_layers=24,
+                                   num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048,
+                                   tie_word_embeddings=False), recycle_num_layers=4, dtype=torch.bfloat16),
+    "tiny": Preset(dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                        tie_word_embeddings=True), recycle_num_layers=1, dtype=torch.float32),
 }
 
 
+def llama_recycle_config(base_dimensions: dict[str, Any], recycle_num_layers: int) -> RecycleGPTConfig:
+    """A RecycleGPT config on a LLaMA-style base of `base_dimensions`, with LLaMA's special tokens."""
+    base = LlamaConfig(**{**LLAMA_SPECIAL_TOKENS, **base_dimensions})
+    return RecycleGPTConfig(base_config=base, recycle_num_layers=recycle_num_layers)
+
+
 def preset_config(name: str) -> RecycleGPTConfig:
+    """The config of preset `name` (see `PRESETS`)."""
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}. Available presets: {', '.join(sorted(PRESETS))}.")
-    return PRESETS[name][0]()
+    return llama_recycle_config(PRESETS[name].base_dimensions, PRESETS[name].recycle_num_layers)
 
 
 def init_preset(
@@ -71,7 +60,7 @@ def init_preset(
     config) to `output_dir` and return the model. It loads with
     `AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=True)`."""
     config = preset_config(name)
-    dtype = dtype or PRESETS[name][1]
+    dtype = dtype or PRESETS[name].dtype
     torch.manual_seed(seed)
     model = RecycleGPTForCausalLM(config).to(dtype).eval()
     model.generation_config = GenerationConfig(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Any
 
 
 def bounded(
@@ -37,3 +38,8 @@ positive_int = bounded(int, 1)
 positive_float = bounded(float, 0, exclusive_minimum=True)
 non_negative_float = bounded(float, 0)
 fraction = bounded(float, 0, 1)
+
+
+def option_values(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """`{name: args.name}` for the options that keep their names in the settings they fill."""
+    return {name: getattr(args, name) for name in names}

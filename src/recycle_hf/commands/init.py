@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
+from ..loading import DTYPES
 from ..presets import PRESETS, init_preset
 
 
@@ -15,12 +14,12 @@ HELP = "Write a randomly initialised RecycleGPT checkpoint of a preset shape (e.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS), help="model shape")
     parser.add_argument("--output", required=True, help="checkpoint folder to write")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the preset's")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="default: the preset's")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
-    dtype = getattr(torch, args.dtype) if args.dtype else None
+    dtype = DTYPES[args.dtype] if args.dtype else None
     model = init_preset(args.preset, args.output, dtype=dtype, seed=args.seed)
     base = sum(p.numel() for p in model.base_lm.parameters())
     module = sum(p.numel() for p in model.recycle_module.parameters())

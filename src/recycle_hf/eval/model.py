@@ -28,7 +28,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import resolve_max_length
 
 from ..configuration_recyclegpt import RecycleGPTConfig
-from ..loading import DEFAULT_BASE
+from ..loading import DEFAULT_BASE, default_adapter
 from ..modeling_recyclegpt import RecycleGPTForCausalLM
 
 
@@ -212,15 +212,10 @@ def _check_model_source(pretrained: Any, base: str | None, adapter: str | None) 
         return None
     if adapter is not None:
         return adapter
-    if base != DEFAULT_BASE:
+    adapter = default_adapter(base)
+    if adapter is None:
         raise ValueError(f"base={base!r} needs adapter=<recycle adapter folder or hub id> (saved with save_adapter).")
-    from ..defaults import DEFAULT_ADAPTER_DIR
-
-    if not DEFAULT_ADAPTER_DIR.is_dir():
-        raise FileNotFoundError(
-            f"This installation has no shipped SmolLM2 adapter ({DEFAULT_ADAPTER_DIR}); pass adapter=<folder>."
-        )
-    return str(DEFAULT_ADAPTER_DIR)
+    return adapter
 
 
 def _default_base_dir() -> Path:
