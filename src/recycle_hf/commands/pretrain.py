@@ -9,6 +9,7 @@ import os
 
 from transformers.trainer_utils import get_last_checkpoint
 
+from . import option_values
 from ..graft import DEFAULT_GRAFT_INIT, GRAFT_INITS
 from ..presets import PRESETS
 from ..pretraining import (
@@ -141,14 +142,11 @@ def _resume_checkpoint(args: argparse.Namespace) -> str | None:
 def _training_arguments(args: argparse.Namespace) -> JointTrainingArguments:
     return JointTrainingArguments(
         **common_training_arguments(args),
-        adam_beta2=args.adam_beta2,
-        max_grad_norm=args.max_grad_norm,
+        **option_values(args, "recycle_loss_weight", "adam_beta2", "max_grad_norm", "bf16"),
         lr_scheduler_type=args.lr_scheduler,
-        bf16=args.bf16,
         activation_checkpointing=args.gradient_checkpointing,
         use_cpu=args.cpu,
         dataloader_num_workers=args.dataloader_workers,
-        recycle_loss_weight=args.recycle_loss_weight,
     )
 
 

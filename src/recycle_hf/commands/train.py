@@ -9,11 +9,10 @@ from transformers import set_seed
 from . import bounded, fraction, non_negative_float, positive_float, positive_int
 from ..adapter import add_base_lora, base_lora_config, load_recycle_adapter
 from ..data import load_token_blocks
-from ..defaults import DEFAULT_BASE_NAME
 from ..draft_vocabulary import frequent_token_ids
 from ..errors import InvalidInputError
 from ..graft import DEFAULT_GRAFT_INIT, GRAFT_INITS, graft_recycle_module
-from ..loading import DEFAULT_BASE, add_base_arguments, load_base_from_args
+from ..loading import add_base_arguments, base_model_name, load_base_from_args
 from ..training import BaseStateDataset, RecycleTrainer, RecycleTrainingArguments
 from .training_arguments import common_training_arguments
 
@@ -152,13 +151,12 @@ def run(args: argparse.Namespace) -> int:
         eval_steps=args.eval_steps,
         per_device_eval_batch_size=args.batch_size,
     )
-    base_name = DEFAULT_BASE_NAME if args.base == DEFAULT_BASE else args.base
     trainer = RecycleTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        base_model_name_or_path=base_name,
+        base_model_name_or_path=base_model_name(args.base),
     )
     result = trainer.train(resume_from_checkpoint=args.resume)
     trainer.save_model()

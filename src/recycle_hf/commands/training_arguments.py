@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import option_values
 from ..training import loss_settings
 
 
@@ -14,15 +15,10 @@ def common_training_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "output_dir": args.output,
         "per_device_train_batch_size": args.batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "max_steps": args.max_steps,
-        "learning_rate": args.learning_rate,
-        "warmup_steps": args.warmup_steps,
-        "weight_decay": args.weight_decay,
-        "logging_steps": args.logging_steps,
-        "save_steps": args.save_steps,
-        "save_total_limit": args.save_total_limit,
-        "seed": args.seed,
         "report_to": "none",
+        **option_values(
+            args, "gradient_accumulation_steps", "max_steps", "learning_rate", "warmup_steps", "weight_decay",
+            "logging_steps", "save_steps", "save_total_limit", "seed",
+        ),
         **loss_settings(args),
     }
