@@ -9,7 +9,7 @@ import sys
 
 from common import run_benchmark_script
 
-from recycle_hf.bench import add_quality_arguments, run_quality_command
+from recycle_hf.commands.bench import add_quality_arguments, run_quality_command
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 
 from common import run_benchmark_script
 
-from recycle_hf.bench import add_speed_arguments, run_speed_command
+from recycle_hf.commands.bench import add_speed_arguments, run_speed_command
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import resolve_max_length
 
+from ..bench.quality import alternating_schedule_mask
 from ..configuration_recyclegpt import RecycleGPTConfig
 from ..loading import DEFAULT_BASE, default_adapter
 from ..modeling_recyclegpt import RecycleGPTForCausalLM
@@ -40,10 +41,12 @@ GENERATION_MODES = {"std": None, "rec": "alternate", "verify": "verify"}
 def alternating_schedule(continuation_logits: torch.Tensor) -> torch.Tensor:
     """Pick, for continuation position i, the base's scores (source 0) when i is even, the module's (1) when odd.
 
-    `continuation_logits` is [continuation_length, 2, vocab]: both sources at every continuation position.
+    `continuation_logits` is [continuation_length, 2, vocab]: both sources at every continuation position. The
+    schedule is the quality benchmark's (`alternating_schedule_mask`), here on a continuation alone.
     """
-    positions = torch.arange(continuation_logits.shape[0], device=continuation_logits.device)
-    return continuation_logits[positions, positions % 2]
+    length = continuation_logits.shape[0]
+    from_module = alternating_schedule_mask(1, length, continuation_logits.device)
+    return continuation_logits[torch.arange(length, device=continuation_logits.device), from_module.long()]
 
 
 class StopSequencesCriteria(transformers.StoppingCriteria):
