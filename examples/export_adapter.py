@@ -22,7 +22,7 @@ def main() -> None:
     base, _ = load_base(args.base)
     model = load_recycle_adapter(base, args.adapter)
     model.recycle_module.to(DTYPES[args.dtype])
-    base_name = read_adapter_config(args.adapter).get("base_model_name_or_path")
+    base_name = read_adapter_config(args.adapter).base_model_name_or_path
     model.save_adapter(args.target, base_model_name_or_path=base_name)
 
 

@@ -469,3 +469,15 @@ def test_cli_rejects_bad_input():
         cli_main(["bench", "speed", "--shape", "tiny", "--batch-sizes", "0,4"])
     with pytest.raises(ValueError, match="needs a trained model"):
         cli_main(["bench", "quality", "--shape", "tiny"])
+
+
+def test_quality_defaults_are_fixed_draft_lengths():
+    import argparse
+
+    from recycle_hf.commands.bench import add_quality_arguments
+
+    # generate's default k is "auto", a per-machine speed choice; quality scores verify mode at fixed k.
+    QualitySettings().validate()
+    parser = argparse.ArgumentParser()
+    add_quality_arguments(parser)
+    assert parser.parse_args(["--base", "default"]).draft_tokens == (3,)

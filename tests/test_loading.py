@@ -7,6 +7,7 @@ import torch
 from conftest import save_tiny_base_with_tokenizer, tiny_base_model
 
 import recycle_hf.loading as loading
+import recycle_hf.local_folders as local_folders
 from recycle_hf import RecycleGPTForCausalLM
 from recycle_hf.configuration_recyclegpt import RecycleGPTCheckpointError
 from recycle_hf.errors import InputNotFoundError, InvalidInputError, UserError
@@ -18,7 +19,7 @@ from recycle_hf.errors import InputNotFoundError, InvalidInputError, UserError
      ("a/b/c", False), ("~/models/x", False), ("../x", False)],
 )
 def test_names_that_can_only_be_paths_are_not_hub_ids(name, expected):
-    assert loading.is_hub_repo_id(name) is expected
+    assert local_folders.is_hub_repo_id(name) is expected
 
 
 def test_a_missing_or_incomplete_model_folder_is_named(tmp_path):

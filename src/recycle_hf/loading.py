@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .adapter import ADAPTER_CONFIG_NAME, load_recycle_adapter, read_adapter_config, resolve_adapter_folder
 from .configuration_recyclegpt import RecycleGPTCheckpointError
 from .defaults import DEFAULT_ADAPTER_DIR, DEFAULT_BASE_NAME, load_default_base
 from .errors import InputNotFoundError, InvalidInputError
-from .modeling_recyclegpt import check_safetensors_file
+from .local_folders import check_local_folder
+from .modeling_recyclegpt import RecycleGPTForCausalLM, check_safetensors_file
 
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,6 @@ def default_adapter(base: str) -> str | None:
     """
     if base != DEFAULT_BASE:
         return None
-    from .adapter import ADAPTER_CONFIG_NAME
-
     if not (DEFAULT_ADAPTER_DIR / ADAPTER_CONFIG_NAME).is_file():
         raise InputNotFoundError(
             f"This installation has no shipped SmolLM2 adapter ({DEFAULT_ADAPTER_DIR}); name an adapter folder "
@@ -74,37 +72,6 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gguf-file", default=None, help="GGUF file inside --base to load (dequantized)")
     parser.add_argument("--dtype", choices=sorted(_LOAD_DTYPES), default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def is_hub_repo_id(name: str) -> bool:
-    """Whether `name` can be a Hugging Face Hub repository id (`name` or `owner/name`) rather than only a path."""
-    if name.startswith((".", "~", "/", "\\")) or os.path.isabs(name):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def check_local_folder(name: str, what: str, required_file: str) -> None:
-    """Raise a clear error when `name` means a local folder that does not exist or lacks `required_file`.
-
-    Names that can only be paths (absolute, `./...`, more than one `/`) must exist; a name that can be a Hub
-    repository id and is no local folder is left to the Hub download. Without this, transformers answers a missing
-    folder with "Repo id must be in the form ..." and a folder without config.json with "Should have a model_type".
-    """
-    path = Path(name)
-    if path.is_dir():
-        if not (path / required_file).is_file():
-            raise InputNotFoundError(f"The {what} folder {path} has no {required_file}.")
-        return
-    if path.exists():
-        raise InvalidInputError(f"The {what} {path} is a file; give the folder that holds {required_file}.")
-    if not is_hub_repo_id(name):
-        leftovers = sorted(path.parent.glob(f".{path.name}.old-*"))
-        hint = f" An interrupted save left its previous version at {leftovers[0]}: rename it back." if leftovers else ""
-        raise InputNotFoundError(f"The {what} folder {path} does not exist.{hint}")
 
 
 def _from_pretrained(load: Callable[..., Any], name: str, what: str, **kwargs: Any) -> Any:
@@ -160,15 +127,12 @@ def load_recycle_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A RecycleGPT model and tokenizer: a merged checkpoint (`model`), or `base` plus `adapter`."""
     if model is not None:
-        from . import RecycleGPTForCausalLM
-
         check_local_folder(model, "model", "config.json")
         recycle_model = _from_pretrained(
             RecycleGPTForCausalLM.from_pretrained, model, "model", dtype=_LOAD_DTYPES[dtype]
         )
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, model, "model's tokenizer")
         return recycle_model.to(device).eval(), ensure_pad_token(tokenizer)
-    from .adapter import load_recycle_adapter, read_adapter_config, resolve_adapter_folder
 
     # Checked before the base loads, which can take minutes.
     if adapter is None:

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from ..configuration_recyclegpt import RECYCLE_SETTING_NAMES
 from ..errors import InputNotFoundError, InvalidInputError
 from ..graft import check_graftable_base, graft_recycle_module
+from ..local_folders import check_local_folder
 from ..modeling_recyclegpt import RecycleGPTForCausalLM, check_safetensors_file
 from .config import (
     ADAPTER_CONFIG_NAME,
@@ -37,8 +38,6 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 def resolve_adapter_folder(adapter_name_or_path: str | os.PathLike, token: str | bool | None = None) -> Path:
     """A local adapter folder, or the two adapter files of a Hub repository downloaded to the local cache."""
-    from ..loading import check_local_folder
-
     path = Path(adapter_name_or_path)
     check_local_folder(str(adapter_name_or_path), "adapter", ADAPTER_CONFIG_NAME)
     if path.is_dir():

@@ -15,7 +15,7 @@ def environment_info(device: torch.device) -> dict[str, Any]:
     """Machine and library versions, recorded with every result."""
     import transformers
 
-    from .. import __version__
+    from .._version import __version__
 
     info: dict[str, Any] = {
         "python": platform.python_version(),

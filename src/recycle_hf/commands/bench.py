@@ -11,10 +11,9 @@ from . import option_values
 from ..bench.models import BENCHMARK_SHAPES, BenchmarkModel, load_benchmark_model
 from ..bench.modes import DEFAULT_DRAFT_TOKEN_COUNTS
 from ..bench.prompts import prompt_texts
-from ..bench.quality import QualitySettings, run_quality_benchmark
+from ..bench.quality import DEFAULT_QUALITY_DRAFT_TOKENS, QualitySettings, run_quality_benchmark
 from ..bench.report import quality_markdown, speed_markdown, write_quality_results, write_speed_results
 from ..bench.speed import DEFAULT_BATCH_SIZES, SpeedSettings, run_speed_benchmark
-from ..generation_recyclegpt import DEFAULT_NUM_DRAFT_TOKENS
 from ..loading import DTYPES
 
 
@@ -141,8 +140,8 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--draft-tokens",
         type=_positive_int_list,
-        default=(DEFAULT_NUM_DRAFT_TOKENS,),
-        help="verify-mode k values, e.g. 1,2,3,4 (default: the library's default k)",
+        default=DEFAULT_QUALITY_DRAFT_TOKENS,
+        help=f"verify-mode k values, e.g. 1,2,3,4 (default: {','.join(map(str, DEFAULT_QUALITY_DRAFT_TOKENS))})",
     )
     parser.add_argument(
         "--sample-continuations", action="store_true", help="score sampled (not greedy) base continuations"
