@@ -23,6 +23,7 @@ from recycle_hf.defaults import dequantized_base_dir, load_default_base
 from recycle_hf.eval import RecycleGPTLM, task_manager
 from recycle_hf.loading import load_recycle_model
 
+
 TASKS = {"piqa_local": "acc", "copa_local": "acc", "lambada_openai_gen_local": "exact_match"}
 
 

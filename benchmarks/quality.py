@@ -7,9 +7,9 @@ same code as `recycle-hf bench quality`.
 
 import sys
 
-from common import run_benchmark_script
-
 from recycle_hf.commands.bench import add_quality_arguments, run_quality_command
+
+from common import run_benchmark_script
 
 
 if __name__ == "__main__":

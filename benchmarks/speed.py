@@ -6,9 +6,9 @@ python benchmarks/speed.py --help
 
 import sys
 
-from common import run_benchmark_script
-
 from recycle_hf.commands.bench import add_speed_arguments, run_speed_command
+
+from common import run_benchmark_script
 
 
 if __name__ == "__main__":

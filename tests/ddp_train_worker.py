@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import VOCAB_SIZE, tiny_base_model
 
 from recycle_hf.data import TokenBlockDataset
+
+from conftest import VOCAB_SIZE, tiny_base_model
 
 
 FIRST_TOKEN = 3  # tokens below are PAD, EOS and BOS

@@ -19,8 +19,6 @@ import os
 import sys
 from pathlib import Path
 
-from ddp_train_worker import tiny_training_arguments
-
 from recycle_hf.pretraining import (
     JointTrainer,
     JointTrainingArguments,
@@ -29,6 +27,8 @@ from recycle_hf.pretraining import (
     save_full_model,
 )
 from recycle_hf.streaming_data import stream_token_blocks
+
+from ddp_train_worker import tiny_training_arguments
 
 
 # Shared with the single-process reference run of the tests.

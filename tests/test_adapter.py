@@ -11,7 +11,6 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from conftest import PAD, VOCAB_SIZE, left_padded_batch, tiny_base_config, tiny_base_model
 from peft import LoraConfig
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -29,6 +28,8 @@ from recycle_hf.adapter import (
     merge_base_lora,
     save_recycle_adapter,
 )
+
+from conftest import PAD, VOCAB_SIZE, left_padded_batch, tiny_base_config, tiny_base_model
 
 
 def _perturbed(model: RecycleGPTForCausalLM, seed: int = 1) -> RecycleGPTForCausalLM:

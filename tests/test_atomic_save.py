@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_base_model, tiny_recycle_model
 
 import recycle_hf.atomic as atomic
 from recycle_hf import RecycleGPTForCausalLM, graft_recycle_module, load_recycle_adapter
 from recycle_hf.modeling_recyclegpt import publish_checkpoint
+
+from conftest import tiny_base_model, tiny_recycle_model
 
 
 FILE_SYSTEM_CALLS = [

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_base_config, tiny_recycle_model
 
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
 from recycle_hf.bench import (
@@ -43,6 +42,8 @@ from recycle_hf.bench import (
     write_speed_results,
 )
 from recycle_hf.cli import main as cli_main
+
+from conftest import tiny_base_config, tiny_recycle_model
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

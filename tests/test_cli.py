@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from conftest import save_tiny_base_with_tokenizer, tiny_base_config
 from transformers import AutoModelForCausalLM
 
 import recycle_hf.loading as loading
@@ -12,6 +11,8 @@ from recycle_hf import RecycleGPTForCausalLM, graft_recycle_module
 from recycle_hf.cli import COMMANDS, main
 from recycle_hf.commands import bounded
 from recycle_hf.errors import InputNotFoundError
+
+from conftest import save_tiny_base_with_tokenizer, tiny_base_config
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -136,6 +137,7 @@ def test_debug_log_level_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, c
 def test_bounded_option_types():
     assert bounded(int, 1)("3") == 3 and bounded(float, 0, 1)("0") == 0.0
     positive = bounded(float, 0, exclusive_minimum=True)
-    for parse, text in ((bounded(int, 1), "0"), (bounded(int, 1), "2.5"), (positive, "0"), (bounded(float, 0, 1), "inf")):
+    cases = ((bounded(int, 1), "0"), (bounded(int, 1), "2.5"), (positive, "0"), (bounded(float, 0, 1), "inf"))
+    for parse, text in cases:
         with pytest.raises(Exception, match="expected"):
             parse(text)

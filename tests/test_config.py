@@ -78,7 +78,8 @@ def test_paper_preset_adds_about_fifteen_percent():
     config = preset_config("recyclegpt-1.3b")
     base = config.base_config
     assert isinstance(base, LlamaConfig)
-    assert (base.num_hidden_layers, base.hidden_size, base.num_attention_heads, base.vocab_size) == (24, 2048, 16, 32000)
+    shape = (base.num_hidden_layers, base.hidden_size, base.num_attention_heads, base.vocab_size)
+    assert shape == (24, 2048, 16, 32000)
     block = 4 * base.hidden_size**2 + 3 * base.hidden_size * base.intermediate_size + 2 * base.hidden_size
     base_parameters = 2 * base.vocab_size * base.hidden_size + base.num_hidden_layers * block + base.hidden_size
     module_parameters = config.recycle_num_layers * block + 2 * base.hidden_size**2 + 3 * base.hidden_size

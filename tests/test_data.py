@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import EOS, PAD
 
 from recycle_hf.data import TokenBlockDataset, load_token_blocks, read_documents, resolve_data_files, tokenize_documents
+
+from conftest import EOS, PAD
 
 
 class _WordTokenizer:

@@ -1,7 +1,6 @@
 """The embedded default: SmolLM2-135M-Instruct plus the shipped, trained module (issue: main job)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,13 @@ from lm_eval.models.huggingface import HFLM
 
 from recycle_hf import RecycleGPTForCausalLM, defaults, load_recycle_adapter
 from recycle_hf.bench import QualityTotals, score_continuations
-from recycle_hf.distill import format_prompt
 from recycle_hf.cli import main
 from recycle_hf.commands import generate as generate_command
+from recycle_hf.distill import format_prompt
 from recycle_hf.loading import load_recycle_model
 
 from conftest import TEST_DATA_DIR
+
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 HELDOUT_PROMPTS = (REPOSITORY / "examples" / "data" / "heldout_prompts.txt").read_text().splitlines()

@@ -27,8 +27,16 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerFast
 
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
-from recycle_hf.eval import DATA_DIR_ENV, EVAL_MODES, LOCAL_TASKS, SUITE_TASKS, TASKS_DIR, RecycleGPTLM, task_manager
-from recycle_hf.eval import local_data
+from recycle_hf.eval import (
+    DATA_DIR_ENV,
+    EVAL_MODES,
+    LOCAL_TASKS,
+    SUITE_TASKS,
+    TASKS_DIR,
+    RecycleGPTLM,
+    local_data,
+    task_manager,
+)
 from recycle_hf.eval.cli import _with_package_tasks
 
 from conftest import BOS, EOS, PAD, TEST_DATA_DIR, VOCAB_SIZE, tiny_base_config

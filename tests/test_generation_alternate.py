@@ -77,7 +77,9 @@ def test_plain_mode_equals_the_base_generate(family):
     torch.manual_seed(5)
     ours = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=9, do_sample=True, top_k=20)
     torch.manual_seed(5)
-    theirs = model.base_lm.generate(input_ids, attention_mask=attention_mask, max_new_tokens=9, do_sample=True, top_k=20)
+    theirs = model.base_lm.generate(
+        input_ids, attention_mask=attention_mask, max_new_tokens=9, do_sample=True, top_k=20
+    )
     assert torch.equal(ours, theirs)
 
 
@@ -131,7 +133,9 @@ def test_several_eos_tokens():
     input_ids, _ = left_padded_batch([6], seed=2)
     free = model.generate(input_ids, recycle_mode="alternate", max_new_tokens=8, eos_token_id=None, pad_token_id=PAD)
     stops = [int(free[0, 6 + 3]), int(free[0, 6 + 5])]
-    stopped = model.generate(input_ids, recycle_mode="alternate", max_new_tokens=8, eos_token_id=stops, pad_token_id=PAD)
+    stopped = model.generate(
+        input_ids, recycle_mode="alternate", max_new_tokens=8, eos_token_id=stops, pad_token_id=PAD
+    )
     first_hit = min(int(i) for i in range(8) if int(free[0, 6 + i]) in stops)
     assert torch.equal(stopped[0], free[0, : 6 + first_hit + 1])
 

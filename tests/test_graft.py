@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PAD, left_padded_batch, tiny_base_config, tiny_base_model
 from transformers import AutoModel, AutoModelForCausalLM, MambaConfig, T5Config, T5ForConditionalGeneration
 
 from recycle_hf import TESTED_BASE_MODEL_TYPES, RecycleGPTForCausalLM, graft_recycle_module
 from recycle_hf.graft import GRAFT_INITS
+
+from conftest import PAD, left_padded_batch, tiny_base_config, tiny_base_model
 
 
 FAMILIES = ["llama", "opt", "opt-350m-style", "qwen2", "gpt_neox", "gpt2"]

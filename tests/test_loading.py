@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import save_tiny_base_with_tokenizer, tiny_base_model
 
 import recycle_hf.loading as loading
 import recycle_hf.local_folders as local_folders
 from recycle_hf import RecycleGPTForCausalLM
 from recycle_hf.configuration_recyclegpt import RecycleGPTCheckpointError
 from recycle_hf.errors import InputNotFoundError, InvalidInputError, UserError
+
+from conftest import save_tiny_base_with_tokenizer, tiny_base_model
 
 
 @pytest.mark.parametrize(

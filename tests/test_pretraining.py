@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pretrain_worker import BATCH_SIZE, BLOCK_SIZE, STEPS, RecordingTrainer, joint_arguments
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import AutoModelForCausalLM, LlamaConfig, TrainerCallback
@@ -31,6 +30,8 @@ from recycle_hf.pretraining import (
     model_state_memory,
 )
 from recycle_hf.streaming_data import pack_token_blocks, stream_documents, stream_token_blocks
+
+from pretrain_worker import BATCH_SIZE, BLOCK_SIZE, STEPS, RecordingTrainer, joint_arguments
 
 
 TESTS_DIR = Path(__file__).parent

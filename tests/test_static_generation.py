@@ -6,6 +6,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 from transformers import CompileConfig, LlamaConfig, StoppingCriteria, StoppingCriteriaList
 
+from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
 from recycle_hf.draft_length_recyclegpt import (
     MAX_AUTO_DRAFT_TOKENS,
     PLAIN_MARGIN,
@@ -14,8 +15,6 @@ from recycle_hf.draft_length_recyclegpt import (
     expected_tokens_per_step,
 )
 from recycle_hf.static_generation_recyclegpt import SLOT_BUCKET
-
-from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
 
 from conftest import PAD, VOCAB_SIZE, left_padded_batch, tiny_recycle_model
 

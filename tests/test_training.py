@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PAD, left_padded_batch, save_tiny_base_with_tokenizer, tiny_base_config, tiny_base_model
-from ddp_train_worker import permutation_chain_blocks, tiny_training_arguments
 from peft import LoraConfig
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -32,6 +30,9 @@ from recycle_hf.training import (
     soft_target_kl,
     train_recycle_module,
 )
+
+from conftest import PAD, left_padded_batch, save_tiny_base_with_tokenizer, tiny_base_config, tiny_base_model
+from ddp_train_worker import permutation_chain_blocks, tiny_training_arguments
 
 
 TESTS_DIR = Path(__file__).parent
@@ -467,7 +468,8 @@ def test_train_command_with_precomputed_states_trains_the_same_module_and_report
     for printed in (live_printed, precomputed_printed):
         assert "Held-out: recycle_loss" in printed and "agreement with the base" in printed
         assert "second chained draft's agreement" in printed
-    held_out_line = lambda printed: next(line for line in printed.splitlines() if line.startswith("Held-out"))
+    def held_out_line(printed):
+        return next(line for line in printed.splitlines() if line.startswith("Held-out"))
     assert held_out_line(live_printed) == held_out_line(precomputed_printed)
 
     capsys.readouterr()

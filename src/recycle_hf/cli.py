@@ -19,7 +19,9 @@ COMMANDS = {
     "generate": ("recycle_hf.commands.generate", "generate text with recycle decoding (default: SmolLM2 + module)"),
     "distill": ("recycle_hf.commands.distill", "generate self-distillation training data with the base model"),
     "train": ("recycle_hf.commands.train", "fine-tune a recyclable module on a frozen base, save an adapter"),
-    "pretrain": ("recycle_hf.commands.pretrain", "train base and module jointly (the paper's recipe), full checkpoints"),
+    "pretrain": (
+        "recycle_hf.commands.pretrain", "train base and module jointly (the paper's recipe), full checkpoints"
+    ),
     "eval": ("recycle_hf.commands.eval", "run lm-evaluation-harness with the recyclegpt model registered"),
     "bench": ("recycle_hf.commands.bench", "measure decoding speed against plain transformers generate"),
 }

@@ -28,8 +28,8 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -12,8 +12,8 @@ runs over the last committed token and the drafts:
 This file holds `generate`'s side: the arguments, their checks, and the choice between two implementations of
 the modes: the static fast path (`static_generation_recyclegpt.py`: device tensors, fixed shapes, optionally
 compiled), used whenever the call allows it, and the reference loop (`reference_loop_recyclegpt.py`), which also
-runs processors and stopping criteria that read the whole context, and custom drafters. On the CPU both run their products
-over a few rows in the form that is faster there (`few_row_products_recyclegpt.py`).
+runs processors and stopping criteria that read the whole context, and custom drafters. On the CPU both run their
+products over a few rows in the form that is faster there (`few_row_products_recyclegpt.py`).
 
 This file is remote code: a checkpoint folder carries it, so it imports only torch and transformers.
 """
@@ -311,7 +311,8 @@ def static_path_obstacle(model: Any, settings: DecodingSettings) -> str | None:
     if base_config._attn_implementation not in ("sdpa", "eager"):
         return f"attention implementation {base_config._attn_implementation!r} (the fast path builds sdpa/eager masks)"
     layer_types = getattr(base_config, "layer_types", None) or ["full_attention"]
-    if any(layer_type != "full_attention" for layer_type in layer_types) or getattr(base_config, "use_sliding_window", False):
+    sliding = getattr(base_config, "use_sliding_window", False)
+    if sliding or any(layer_type != "full_attention" for layer_type in layer_types):
         return "the base has sliding-window layers"
     return None
 

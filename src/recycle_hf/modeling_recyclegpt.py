@@ -437,7 +437,9 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
         `attention_mask` covers cached and new positions; `last_hidden_state` is the state before the first new one.
         """
         batch_size, num_new, _ = hidden_states.shape
-        first = last_hidden_state if last_hidden_state is not None else hidden_states.new_zeros(batch_size, 1, hidden_states.shape[-1])
+        first = last_hidden_state
+        if first is None:
+            first = hidden_states.new_zeros(batch_size, 1, hidden_states.shape[-1])
         previous = torch.cat([first, hidden_states[:, :-1]], dim=1)
         if attention_mask is None:
             if last_hidden_state is None:

@@ -298,7 +298,8 @@ class StaticRecycleDecoder:
         first_tokens, _ = self._select(self._process(self.model.vocab_logits(base[:, -1])))
         # The module reads h_{j-1} at slot j: zero at slot 0 and wherever slot j - 1 is padding.
         previous = torch.cat([torch.zeros_like(base[:, :1]), base], dim=1)
-        previous_is_token = torch.cat([torch.zeros_like(self.not_padding[:, :1]), self.not_padding[:, :prompt_width]], 1)
+        not_padding = self.not_padding
+        previous_is_token = torch.cat([torch.zeros_like(not_padding[:, :1]), not_padding[:, :prompt_width]], 1)
         previous = torch.where(previous_is_token.unsqueeze(-1), previous, torch.zeros_like(previous))
         module = self.module_states(torch.cat([self.prompt_ids, first_tokens.unsqueeze(1)], dim=1), previous, start)
         zero = torch.zeros((), dtype=torch.long, device=start.device)
@@ -371,7 +372,8 @@ class StaticRecycleDecoder:
     def final_draft_step(self, state: StaticDecodingState) -> StaticStepOutput:
         """Alternate mode's last token: the module's draft alone, committed without a base forward (eager)."""
         drafts, _ = self.draft(state)
-        output_ids, new_counts, unfinished, counts = self.commit(state, drafts[:, :1], torch.ones_like(state.new_counts))
+        one_each = torch.ones_like(state.new_counts)
+        output_ids, new_counts, unfinished, counts = self.commit(state, drafts[:, :1], one_each)
         state = dataclasses.replace(state, output_ids=output_ids, new_counts=new_counts, unfinished=unfinished)
         return StaticStepOutput(state=state, emitted_tokens=drafts[:, :1], emitted_counts=counts,
                                 accepted=torch.zeros_like(counts))
@@ -393,12 +395,15 @@ class StaticRecycleDecoder:
 
 
 def _cloned(output: StaticStepOutput) -> StaticStepOutput:
-    state = StaticDecodingState(**{f.name: getattr(output.state, f.name).clone() for f in dataclasses.fields(output.state)})
+    fields = dataclasses.fields(output.state)
+    state = StaticDecodingState(**{f.name: getattr(output.state, f.name).clone() for f in fields})
     return StaticStepOutput(state=state, emitted_tokens=output.emitted_tokens.clone(),
                             emitted_counts=output.emitted_counts.clone(), accepted=output.accepted.clone())
 
 
-def static_caches(model: Any, batch_size: int, num_slots: int, device: torch.device) -> tuple[RowStaticCache, RowStaticCache]:
+def static_caches(
+    model: Any, batch_size: int, num_slots: int, device: torch.device
+) -> tuple[RowStaticCache, RowStaticCache]:
     """Base and module caches for `batch_size` rows of `num_slots`; kept on the model and reused by later calls of
     the same size, so that compiled steps and CUDA graphs see the same tensors every call (stale entries are masked)."""
     pool = model.__dict__.setdefault("_recycle_static_caches", {})

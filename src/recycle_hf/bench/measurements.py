@@ -150,7 +150,8 @@ def merged_recycle_stats(per_set: Sequence[dict[str, Any] | None]) -> dict[str, 
             merged[name] = sum(stats.get(name) or 0 for stats in per_set)
     merged["tokens_per_row"] = [sum(row) for row in zip(*(stats["tokens_per_row"] for stats in per_set))]
     merged["tokens_per_base_forward"] = merged["new_tokens"] / max(1, merged["row_base_forwards"])
-    merged["acceptance_rate"] = merged["accepted_drafts"] / merged["drafted_tokens"] if merged["drafted_tokens"] else None
+    drafted = merged["drafted_tokens"]
+    merged["acceptance_rate"] = merged["accepted_drafts"] / drafted if drafted else None
     return merged
 
 

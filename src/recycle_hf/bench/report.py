@@ -70,7 +70,8 @@ def speed_markdown(results: dict[str, Any]) -> str:
                 f"| {_format(record['spread_percent'], 0, '%')} | {_format(record['base_forwards_per_token'])} "
                 f"| {_format(record['accepted_drafts_per_step'])} | {_format(record['tokens_per_base_forward'])} "
                 f"| {_format(record['speedup_vs_hf_generate'])} | {_format(record['speedup_vs_hf_static_compiled'])} "
-                f"| {_format(record['speedup_vs_hf_prompt_lookup'])} | {_format(record.get('chosen_num_draft_tokens'))} "
+                f"| {_format(record['speedup_vs_hf_prompt_lookup'])} "
+                f"| {_format(record.get('chosen_num_draft_tokens'))} "
                 f"| {_format(record.get('compile_seconds'), 1)} | {_format(record['loop_overhead_ms_per_step'], 1)} |"
             )
         lines += ["", _checks_line(results["checks"].get(str(batch_size), {})), ""]

@@ -243,7 +243,9 @@ class SpeedBenchmark:
         measurement.forward_seconds = dict(timer.seconds)
         measurement.forward_calls = dict(timer.calls)
 
-    def check_outputs(self, outputs: dict[str, list[torch.Tensor]], prompt_sets: Sequence[PromptBatch]) -> dict[str, Any]:
+    def check_outputs(
+        self, outputs: dict[str, list[torch.Tensor]], prompt_sets: Sequence[PromptBatch]
+    ) -> dict[str, Any]:
         """Greedy decoding must not depend on the mode: every verify output (and the comparators') must equal plain
         decoding (`recycle_mode=None`, or transformers' generate when that mode was left out) on every prompt.
         Sampling draws differ by mode, so nothing is compared then."""

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from . import option_values
 from ..bench.models import BENCHMARK_SHAPES, BenchmarkModel, load_benchmark_model
 from ..bench.modes import DEFAULT_DRAFT_TOKEN_COUNTS
 from ..bench.prompts import prompt_texts
@@ -15,6 +14,7 @@ from ..bench.quality import DEFAULT_QUALITY_DRAFT_TOKENS, QualitySettings, run_q
 from ..bench.report import quality_markdown, speed_markdown, write_quality_results, write_speed_results
 from ..bench.speed import DEFAULT_BATCH_SIZES, SpeedSettings, run_speed_benchmark
 from ..loading import DTYPES
+from . import option_values
 
 
 HELP = (

@@ -7,9 +7,9 @@ import time
 
 from transformers import set_seed
 
-from . import positive_float, positive_int
 from ..distill import distill_continuations, read_prompts
 from ..loading import add_base_arguments, load_base_from_args
+from . import positive_float, positive_int
 
 
 HELP = "Generate training data with the base model itself (continuations of your prompts), as JSON lines."

@@ -8,10 +8,10 @@ import time
 import torch
 from transformers import CompileConfig, TextStreamer
 
-from . import bounded, positive_float, positive_int
 from ..distill import format_prompt
 from ..generation_recyclegpt import DEFAULT_NUM_DRAFT_TOKENS, resolve_recycle_mode
 from ..loading import add_recycle_model_arguments, load_recycle_model_from_args
+from . import bounded, positive_float, positive_int
 
 
 WARMUP_TOKENS = 16

@@ -9,7 +9,6 @@ import os
 
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import option_values
 from ..graft import DEFAULT_GRAFT_INIT, GRAFT_INITS
 from ..presets import PRESETS
 from ..pretraining import (
@@ -27,6 +26,7 @@ from ..pretraining import (
 )
 from ..streaming_data import DEFAULT_DOCUMENTS_PER_GROUP, resolve_corpus_files, stream_token_blocks
 from ..training import LOSS_SETTINGS
+from . import option_values
 from .training_arguments import common_training_arguments
 
 

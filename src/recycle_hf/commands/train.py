@@ -6,7 +6,6 @@ import argparse
 
 from transformers import set_seed
 
-from . import bounded, fraction, non_negative_float, positive_float, positive_int
 from ..adapter import add_base_lora, base_lora_config, load_recycle_adapter
 from ..data import load_token_blocks
 from ..draft_vocabulary import frequent_token_ids
@@ -14,6 +13,7 @@ from ..errors import InvalidInputError
 from ..graft import DEFAULT_GRAFT_INIT, GRAFT_INITS, graft_recycle_module
 from ..loading import add_base_arguments, base_model_name, load_base_from_args
 from ..training import BaseStateDataset, RecycleTrainer, RecycleTrainingArguments
+from . import bounded, fraction, non_negative_float, positive_float, positive_int
 from .training_arguments import common_training_arguments
 
 

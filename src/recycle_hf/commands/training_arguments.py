@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import option_values
 from ..training import loss_settings
+from . import option_values
 
 
 def common_training_arguments(args: argparse.Namespace) -> dict[str, Any]:
