@@ -7,9 +7,11 @@ Plain decoding costs C_plain per token. auto picks the k with the highest E(k) /
 plain `generate`) unless that beats 1 / C_plain.
 
 Both sides are measured, not assumed, because they depend on the machine, the batch size and the module:
-- C(k) and C_plain are timed on this call's own model and batch shape: medians of `TIMED_STEPS` eager fast-path
-  steps at each k, and the median time between tokens of the base's own `generate` (read off a stopping criterion,
-  so the prompt's forward, whose noise at batch 16 exceeds a few tokens' cost, stays out). A fitted cost model would
+- C(k) and C_plain are timed on this call's own model and batch shape: medians of `TIMED_ROUNDS` eager fast-path
+  steps at each k, taken in rounds (k = 1..5, then again) so that a machine that speeds up or slows down meanwhile
+  shifts every k alike, and the median time between tokens of the base's own `generate`, before and after the steps
+  (read off a stopping criterion, so the prompt's forward, whose noise at batch 16 exceeds a few tokens' cost,
+  stays out). A fitted cost model would
   need the same timings and adds a model that can be wrong on a new machine;
 - the acceptance profile comes from the verify steps of that same calibration, on this call's own prompts.
 A calibration changes which forward shapes run and so, in floating point, can change rounding. So the choice is made
@@ -44,16 +46,16 @@ from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
 logger = logging.get_logger(__name__)
 
 MAX_AUTO_DRAFT_TOKENS = 5
-TIMED_STEPS = 5
-# Steps at the largest k whose accepted counts measure the acceptance profile (with the timed ones).
-ACCEPTANCE_STEPS = 8
-# A calibration's token budget: room for every timed step at the largest k.
-CALIBRATION_TOKENS = (TIMED_STEPS + 2 + ACCEPTANCE_STEPS) * (MAX_AUTO_DRAFT_TOKENS + 1)
+TIMED_ROUNDS = 7
+# Steps at the largest k whose accepted counts measure the acceptance profile.
+ACCEPTANCE_STEPS = 14
+# A calibration's token budget: room for every step at the largest k.
+CALIBRATION_TOKENS = (max(ACCEPTANCE_STEPS, TIMED_ROUNDS + 1) + 1) * (MAX_AUTO_DRAFT_TOKENS + 1)
 PLAIN_TIMED_TOKENS = 8
 # A draft length must beat plain decoding by this much to be chosen: calibration medians still carry noise.
 PLAIN_MARGIN = 1.05
 # Part of every calibration key: a new way of measuring makes choices kept by an older one measure again.
-CALIBRATION_METHOD = 2
+CALIBRATION_METHOD = 3
 
 
 def expected_tokens_per_step(acceptance: Sequence[float], num_drafts: int) -> float:
@@ -139,19 +141,6 @@ def _write_choice(path: Path, key: str, num_drafts: int) -> None:
         logger.warning("Could not record the draft length in %s: %s", path, error)
 
 
-def median_seconds(run: Callable[[], Any], repeats: int = TIMED_STEPS) -> float:
-    """Median wall time of `run()` over `repeats` calls (device synchronised), after one untimed call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        if isinstance(result, torch.Tensor) and result.device.type == "cuda":
-            torch.cuda.synchronize(result.device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 @dataclass
 class DraftLengthMeasurement:
     """One calibration: what was measured and the draft length it chose."""
@@ -172,9 +161,11 @@ def measure_draft_length(
         "num_draft_tokens='auto': measuring the fastest draft length for batch size %d (once; kept in %s).",
         input_ids.shape[0], calibration_file(),
     )
+    plain_gaps = _plain_token_gaps(model, input_ids, attention_mask)
     with few_row_products(model, input_ids.device):  # time the steps as decoding will run them
-        step_seconds, acceptance = _time_steps(model, input_ids, attention_mask)
-    plain_seconds = _plain_token_seconds(model, input_ids, attention_mask)
+        acceptance = _acceptance_profile(model, input_ids, attention_mask)
+        step_seconds = _step_seconds(model, input_ids, attention_mask)
+    plain_seconds = statistics.median(plain_gaps + _plain_token_gaps(model, input_ids, attention_mask))
     choice = choose_draft_length(acceptance, step_seconds, plain_seconds)
     logger.info(
         "num_draft_tokens='auto' chose %d: acceptance by depth %s, step ms by k %s, plain ms per token %.1f.",
@@ -184,28 +175,37 @@ def measure_draft_length(
     return DraftLengthMeasurement(acceptance, step_seconds, plain_seconds, choice)
 
 
-def _time_steps(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
-) -> tuple[dict[int, float], list[float]]:
-    """Median seconds of an eager fast-path step at each k, and the acceptance profile at the largest k."""
-    step_seconds: dict[int, float] = {}
-    accepted_counts: list[torch.Tensor] = []
-    for num_drafts in range(1, MAX_AUTO_DRAFT_TOKENS + 1):
-        decoder = _calibration_decoder(model, input_ids, attention_mask, num_drafts)
-        output = decoder.prefill()
+def _acceptance_profile(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[float]:
+    """The module's acceptance by depth on this batch: `ACCEPTANCE_STEPS` greedy verify steps at the largest k."""
+    decoder = _calibration_decoder(model, input_ids, attention_mask, MAX_AUTO_DRAFT_TOKENS)
+    output = decoder.prefill()
+    accepted_counts = []
+    for _ in range(ACCEPTANCE_STEPS):
+        output = decoder.step(output.state)
+        accepted_counts.append(output.accepted)
+    return acceptance_profile(torch.cat(accepted_counts), MAX_AUTO_DRAFT_TOKENS)
 
-        def one_step() -> torch.Tensor:
-            nonlocal output
-            output = decoder.step(output.state)
-            if num_drafts == MAX_AUTO_DRAFT_TOKENS:
-                accepted_counts.append(output.accepted)
-            return output.state.new_counts
 
-        step_seconds[num_drafts] = median_seconds(one_step)
-        if num_drafts == MAX_AUTO_DRAFT_TOKENS:
-            for _ in range(ACCEPTANCE_STEPS):
-                one_step()
-    return step_seconds, acceptance_profile(torch.cat(accepted_counts), MAX_AUTO_DRAFT_TOKENS)
+def _step_seconds(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[int, float]:
+    """Median seconds of an eager fast-path step at each k, timed in `TIMED_ROUNDS` rounds over every k.
+
+    The decoders share their caches (`static_caches` keeps one pair per size), so each overwrites the others'
+    entries: their tokens mean nothing, but a step's cost does not depend on the values it reads.
+    """
+    draft_lengths = range(1, MAX_AUTO_DRAFT_TOKENS + 1)
+    decoders = {k: _calibration_decoder(model, input_ids, attention_mask, k) for k in draft_lengths}
+    outputs = {k: decoder.prefill() for k, decoder in decoders.items()}
+    for k, decoder in decoders.items():  # the first step of a shape pays one-time set-up
+        outputs[k] = decoder.step(outputs[k].state)
+    samples: dict[int, list[float]] = {k: [] for k in draft_lengths}
+    for _ in range(TIMED_ROUNDS):
+        for k, decoder in decoders.items():
+            started = time.perf_counter()
+            outputs[k] = decoder.step(outputs[k].state)
+            if input_ids.device.type == "cuda":
+                torch.cuda.synchronize(input_ids.device)
+            samples[k].append(time.perf_counter() - started)
+    return {k: statistics.median(times) for k, times in samples.items()}
 
 
 def _calibration_decoder(
@@ -238,17 +238,16 @@ class _TokenClock(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def _plain_token_seconds(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> float:
-    """Seconds per token of the base's own `generate` on this batch: the median time between its tokens (the first
-    gap, still warming up, left out)."""
+def _plain_token_gaps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[float]:
+    """Seconds between the tokens of the base's own `generate` on this batch (the first gap, still warming up, left
+    out)."""
     clock = _TokenClock(input_ids.device)
     budget = 2 + PLAIN_TIMED_TOKENS
     model.base_lm.generate(
         input_ids, attention_mask=attention_mask, max_new_tokens=budget, min_new_tokens=budget, do_sample=False,
         pad_token_id=0, stopping_criteria=StoppingCriteriaList([clock]),
     )
-    gaps = [later - earlier for earlier, later in zip(clock.times[1:], clock.times[2:])]
-    return statistics.median(gaps)
+    return [later - earlier for earlier, later in zip(clock.times[1:], clock.times[2:])]
 
 
 class DraftLengthChoices:
@@ -294,6 +293,5 @@ __all__ = [
     "choose_draft_length",
     "expected_tokens_per_step",
     "measure_draft_length",
-    "median_seconds",
     "draft_length_choices",
 ]
