@@ -73,6 +73,8 @@ class ModuleDrafter:
 
 @dataclass
 class RecycleStats:
+    """What one reference-loop call did (its `recycle_stats`): forwards, drafts and tokens."""
+
     batch_size: int
     mode: str
     num_draft_tokens: int
@@ -194,11 +196,7 @@ class RecycleDecoder:
     """
 
     def __init__(
-        self,
-        model: Any,
-        prompt_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        settings: Any,
+        self, model: Any, prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None, settings: Any,
         drafter: RecycleDrafter | None = None,
     ):
         self.model = model

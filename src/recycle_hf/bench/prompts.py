@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..distill import format_prompt, read_prompts
-from ..loading import pad_token_id
+from ..loading import ensure_pad_token
 from .models import BenchmarkModel
 
 
@@ -73,18 +73,10 @@ def encode_chat_prompts(
     """
     texts = [format_prompt(tokenizer, prompt, use_chat_template=True) for prompt in prompts]
     add_special_tokens = not getattr(tokenizer, "chat_template", None)
-    token_lists = [tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"] for text in texts]
-    return _left_pad(token_lists, pad_token_id(tokenizer), device)
-
-
-def _left_pad(token_lists: Sequence[Sequence[int]], pad_token_id: int, device: str | torch.device) -> PromptBatch:
-    width = max(len(tokens) for tokens in token_lists)
-    input_ids = torch.full((len(token_lists), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, tokens in enumerate(token_lists):
-        input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
-        attention_mask[row, width - len(tokens) :] = 1
-    return PromptBatch(input_ids.to(device), attention_mask.to(device))
+    padded = ensure_pad_token(tokenizer)(
+        texts, add_special_tokens=add_special_tokens, padding=True, padding_side="left", return_tensors="pt"
+    )
+    return PromptBatch(padded["input_ids"].to(device), padded["attention_mask"].to(device))
 
 
 def synthetic_prompts(
