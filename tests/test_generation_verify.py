@@ -293,3 +293,15 @@ def test_sampled_verify_with_a_draft_vocabulary_keeps_the_distribution():
         verify = 0.5 * (empirical_joint_distribution(model, prompt, length, samples, recycle_mode="verify",
                                                      num_draft_tokens=2, cache_implementation=path) - exact).abs().sum()
         assert verify < 1.5 * plain + 0.02, (path, verify, plain)
+
+
+def test_a_custom_drafter_is_checked_before_decoding():
+    model = tiny_recycle_model("llama")
+    input_ids, _ = left_padded_batch([5])
+    with pytest.raises(ValueError, match="recycle modes only"):
+        model.generate(input_ids, max_new_tokens=3, recycle_drafter=ModuleDrafter())
+    with pytest.raises(ValueError, match="not a custom drafter: pass an integer"):
+        model.generate(input_ids, max_new_tokens=3, recycle_mode="verify", recycle_drafter=ModuleDrafter())
+    with pytest.raises(ValueError, match="object lacks one"):
+        model.generate(input_ids, max_new_tokens=3, recycle_mode="verify", num_draft_tokens=2,
+                       recycle_drafter=object())
