@@ -271,8 +271,7 @@ def recycle_decoding(
     )
     attention_mask = model_kwargs.get("attention_mask")
     reason = None if recycle_cache_implementation != "dynamic" else "cache_implementation='dynamic' was asked for"
-    reason = reason or ("a custom recycle_drafter was given" if recycle_drafter is not None else None)
-    reason = reason or static_path_obstacle(model, settings)
+    reason = reason or static_path_obstacle(model, settings, recycle_drafter)
     if reason is not None and recycle_cache_implementation == "static":
         raise ValueError(f"cache_implementation='static' cannot decode this call: {reason}. Leave it unset to use the "
                          "reference loop.")
@@ -299,8 +298,10 @@ def recycle_decoding(
 _STATIC_STOPPING_CRITERIA = (MaxLengthCriteria, EosTokenCriteria)
 
 
-def static_path_obstacle(model: Any, settings: DecodingSettings) -> str | None:
+def static_path_obstacle(model: Any, settings: DecodingSettings, drafter: RecycleDrafter | None = None) -> str | None:
     """Why this call cannot run on the static fast path, or None when it can."""
+    if drafter is not None:
+        return "a custom recycle_drafter was given"
     for processor in settings.logits_processor:
         if not isinstance(processor, CONTEXT_FREE_PROCESSORS):
             return f"the logits processor {type(processor).__name__} reads the generated context"
