@@ -201,17 +201,28 @@ def build_training_prompts(
     return prompts
 
 
+def sample_prompts(prompts: list[str], size: int, seed: int = 0) -> list[str]:
+    """A seeded random `size` of `prompts` (e.g. a small replay set of the large list for a CPU run)."""
+    sampled = list(prompts)
+    random.Random(seed).shuffle(sampled)
+    return sampled[:size]
+
+
 def main() -> None:
     folder = Path(__file__).parent / "data"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topic-prompts", type=int, default=NUM_TOPIC_PROMPTS, help="template x topic prompts")
     parser.add_argument("--word-problems", type=int, default=NUM_WORD_PROBLEMS)
     parser.add_argument("--train-output", type=Path, default=folder / "train_prompts.txt")
+    parser.add_argument("--sample", type=int, default=None, help="write only a seeded random N of the prompts")
+    parser.add_argument("--sample-seed", type=int, default=0)
     args = parser.parse_args()
     assert not set(TRAIN_TOPICS) & set(HELDOUT_TOPICS), "training and held-out topics must be disjoint"
     folder.mkdir(exist_ok=True)
     args.train_output.parent.mkdir(parents=True, exist_ok=True)
     prompts = build_training_prompts(num_topic_prompts=args.topic_prompts, num_word_problems=args.word_problems)
+    if args.sample is not None:
+        prompts = sample_prompts(prompts, args.sample, args.sample_seed)
     args.train_output.write_text("\n".join(prompts) + "\n")
     (folder / "heldout_prompts.txt").write_text("\n".join(build_prompts(HELDOUT_TEMPLATES, HELDOUT_TOPICS, 1)) + "\n")
 

@@ -41,3 +41,10 @@ def test_the_large_training_set_extends_the_default_one_and_stays_apart_from_mea
     assert not set(prompt_script.TRAIN_TOPICS) & set(prompt_script.HELDOUT_TOPICS)
     assert not set(prompt_script.TRAIN_TEMPLATES) & set(prompt_script.HELDOUT_TEMPLATES)
     assert not set(large) & set(BENCHMARK_PROMPTS)
+
+
+def test_a_sample_of_the_large_set_is_seeded_and_drawn_from_it(prompt_script):
+    large = prompt_script.build_training_prompts(num_topic_prompts=8520, num_word_problems=600)
+    sample = prompt_script.sample_prompts(large, 320, seed=0)
+    assert len(set(sample)) == 320 and set(sample) <= set(large)
+    assert sample == prompt_script.sample_prompts(large, 320, seed=0) != prompt_script.sample_prompts(large, 320, 1)

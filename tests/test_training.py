@@ -249,6 +249,37 @@ def test_chained_training_loss_adds_decayed_losses_of_each_depth():
     with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
         wrapper(**batch)
 
+def test_cached_base_states_are_read_back_only_for_the_same_blocks_and_base(tmp_path):
+    model = graft_recycle_module(tiny_base_model("llama"), init="random")
+    batch = _right_padded_batch()
+    blocks = [{name: tensor[row] for name, tensor in batch.items()} for row in range(3)]
+    cache_file = tmp_path / "states" / "train.safetensors"
+    base_calls = []
+    model.base_backbone.register_forward_hook(lambda *_: base_calls.append(1))
+
+    computed = BaseStateDataset.compute(model, blocks, batch_size=2, cache_file=cache_file)
+    assert len(base_calls) == 2 and cache_file.is_file()
+    assert [path.name for path in cache_file.parent.iterdir()] == ["train.safetensors"]  # no partial file left
+    read_back = BaseStateDataset.compute(model, blocks, batch_size=2, cache_file=cache_file)
+    assert len(base_calls) == 2  # read from the file, no base forward
+    assert torch.equal(read_back.base_states, computed.base_states)
+    assert torch.equal(computed.base_states, BaseStateDataset.compute(model, blocks, batch_size=2).base_states)
+    base_calls.clear()
+
+    # Other token blocks: computed again (and the file now holds the new ones).
+    other_blocks = [{**block, "input_ids": block["input_ids"].flip(0)} for block in blocks]
+    BaseStateDataset.compute(model, other_blocks, batch_size=3, cache_file=cache_file)
+    assert len(base_calls) == 1
+    # Another base (one weight changed): computed again, with that base's states.
+    with torch.no_grad():
+        model.base_lm.get_input_embeddings().weight[5] += 1.0
+    changed = BaseStateDataset.compute(model, other_blocks, batch_size=3, cache_file=cache_file)
+    assert len(base_calls) == 2
+    torch.testing.assert_close(
+        changed.base_states, BaseStateDataset.compute(model, other_blocks, batch_size=3).base_states
+    )
+
+
 def test_precomputed_base_states_are_refused_for_a_trainable_base():
     model = graft_recycle_module(tiny_base_model("llama"))
     add_base_lora(model, LoraConfig(r=2, target_modules=["q_proj"]))
@@ -472,9 +503,20 @@ def test_train_command_with_precomputed_states_trains_the_same_module_and_report
         return next(line for line in printed.splitlines() if line.startswith("Held-out"))
     assert held_out_line(live_printed) == held_out_line(precomputed_printed)
 
+    # Kept on disk, the states train the same module, in this run and in the next one that reads them back.
+    cached_command = [*command, "--precompute-base-states", "--base-states-cache", str(tmp_path / "states")]
+    for run in ("cached-first", "cached-again"):
+        assert cli_main([*cached_command, "--output", str(tmp_path / run)]) == 0
+        cached = load_file(tmp_path / run / "adapter_model.safetensors")
+        for name in live:
+            torch.testing.assert_close(cached[name], precomputed[name], rtol=0, atol=0)
+    assert sorted(path.name for path in (tmp_path / "states").iterdir()) == ["eval.safetensors", "train.safetensors"]
+
     capsys.readouterr()
     assert cli_main([*command, "--output", str(tmp_path / "lora"), "--precompute-base-states", "--lora"]) == 2
     assert "frozen base" in capsys.readouterr().err
+    assert cli_main([*command, "--output", str(tmp_path / "x"), "--base-states-cache", str(tmp_path / "states")]) == 2
+    assert "add --precompute-base-states" in capsys.readouterr().err
 
 
 def test_train_command_says_when_no_step_was_logged(tmp_path, capsys):

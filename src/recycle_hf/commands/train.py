@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from transformers import set_seed
 
@@ -82,6 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "token); every epoch then costs only the module. Not with --lora.",
     )
     parser.add_argument(
+        "--base-states-cache",
+        default=None,
+        metavar="FOLDER",
+        help="with --precompute-base-states: keep the states in FOLDER (train.safetensors, eval.safetensors) and "
+        "reuse them in later runs over the same data and base (checked), so that trying several modules pays for "
+        "the base once",
+    )
+    parser.add_argument(
         "--eval-data", nargs="+", default=None, help="held-out .jsonl/.txt files, evaluated at the end (and every "
         "--eval-steps)"
     )
@@ -123,6 +132,8 @@ def _lora_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if args.precompute_base_states and args.lora:
         raise InvalidInputError("--precompute-base-states needs a frozen base; drop it or --lora.")
+    if args.base_states_cache and not args.precompute_base_states:
+        raise InvalidInputError("--base-states-cache keeps precomputed states; add --precompute-base-states.")
     # Seeded before grafting too, so that --seed fixes the fresh module's initial weights, not only the data order.
     set_seed(args.seed)
     base_model, tokenizer = load_base_from_args(args)
@@ -139,9 +150,18 @@ def run(args: argparse.Namespace) -> int:
         draft_ids = frequent_token_ids([train_dataset.token_ids().tolist()], args.draft_vocab_size, vocab_size)
         model.set_draft_vocabulary(draft_ids)
     if args.precompute_base_states:
-        train_dataset = BaseStateDataset.compute(model, train_dataset, args.batch_size)
+        cache = Path(args.base_states_cache) if args.base_states_cache else None
+        train_dataset = BaseStateDataset.compute(
+            model, train_dataset, args.batch_size, cache_file=cache / "train.safetensors" if cache else None
+        )
         if eval_dataset is not None:
-            eval_dataset = BaseStateDataset.compute(model, eval_dataset, args.batch_size, desc="eval base states")
+            eval_dataset = BaseStateDataset.compute(
+                model,
+                eval_dataset,
+                args.batch_size,
+                desc="eval base states",
+                cache_file=cache / "eval.safetensors" if cache else None,
+            )
     training_args = RecycleTrainingArguments(
         **common_training_arguments(args),
         num_train_epochs=args.epochs,
