@@ -25,12 +25,13 @@ import hashlib
 import importlib.metadata
 import inspect
 import json
-import os
 import random
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from recycle_hf.atomic import staged_file
 
 
 # Distributions that `.ci/setup` installs (directly or as dependencies) and whose documentation is prose:
@@ -224,10 +225,8 @@ def write_collection(records: list[dict], provenance: list[SourceProvenance], ou
         (output, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)),
         (manifest, json.dumps([asdict(record) for record in provenance], indent=2) + "\n"),
     ):
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(content, encoding="utf-8")
-        os.replace(temporary, path)
-
+        with staged_file(path) as temporary:
+            temporary.write_text(content, encoding="utf-8")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -501,7 +501,8 @@ class BaseStateDataset(Dataset):
         if base_is_trainable(model):
             raise ValueError(_FROZEN_BASE_ONLY)
         input_ids, attention_mask = _stacked_blocks(blocks)
-        fingerprint = base_fingerprint(model)
+        # Hashing the base reads every weight: only worth it when there is a cache to check or write.
+        fingerprint = base_fingerprint(model) if cache_file is not None else None
         if cache_file is not None:
             cached = _read_cached_states(Path(cache_file), input_ids, attention_mask, fingerprint)
             if cached is not None:
