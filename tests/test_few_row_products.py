@@ -29,6 +29,8 @@ def test_project_rows_is_the_swapped_product_and_equals_linear(num_rows):
         expected = F.linear(states, weight, bias)
         swapped = ((weight @ states[0].T).T + bias).unsqueeze(0)
     assert output.shape == expected.shape
+    # Contiguous, as F.linear's output is: a strided one sends the attention after it to sdpa's slow math kernel.
+    assert output.is_contiguous()
     assert torch.equal(output, swapped)
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
 
