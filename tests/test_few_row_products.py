@@ -9,8 +9,9 @@ from torch import nn
 from recycle_hf import few_row_products_recyclegpt as few_rows
 
 
-# Above the size worth swapping (8192 x 576, a draft-vocabulary head), and below it.
-BIG_SHAPE, SMALL_SHAPE = (8192, 576), (64, 32)
+# Above the size worth swapping (8192 x 576, a draft-vocabulary head: tall enough that one row swaps too), a layer's
+# weight (large, but one row keeps nn.Linear's product), and below the size worth swapping.
+BIG_SHAPE, LAYER_SHAPE, SMALL_SHAPE = (8192, 576), (1536, 576), (64, 32)
 
 
 def _inputs(num_rows, shape=BIG_SHAPE, seed=0):
@@ -35,12 +36,24 @@ def test_project_rows_is_the_swapped_product_and_equals_linear(num_rows):
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
 
 
+def test_one_row_of_a_tall_weight_is_the_swapped_product_of_the_row_twice():
+    states, weight, bias = _inputs(1, seed=1)
+    with torch.inference_mode():
+        output = few_rows.project_rows(states, weight, bias)
+        twice = torch.cat([states[0], states[0]])
+        swapped = ((weight @ twice.T).T[:1] + bias).unsqueeze(0)
+    assert output.shape == (1, 1, BIG_SHAPE[0]) and output.is_contiguous()
+    assert torch.equal(output, swapped)
+    torch.testing.assert_close(output, F.linear(states, weight, bias), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "shape, num_rows, grad",
-    [(BIG_SHAPE, 1, False), (BIG_SHAPE, 65, False), (BIG_SHAPE, 4, True), (SMALL_SHAPE, 4, False)],
+    [(LAYER_SHAPE, 1, False), (BIG_SHAPE, 65, False), (BIG_SHAPE, 4, True), (BIG_SHAPE, 1, True),
+     (SMALL_SHAPE, 4, False)],
 )
 def test_project_rows_is_linear_itself_where_the_swap_cannot_pay(shape, num_rows, grad):
-    """One row, many rows (a prompt), training, and small weights: nn.Linear's own product."""
+    """One row of a layer's weight, many rows (a prompt), training, and small weights: nn.Linear's own product."""
     states, weight, bias = _inputs(num_rows, shape)
     with torch.set_grad_enabled(grad):
         output = few_rows.project_rows(states, weight, bias)
@@ -68,3 +81,13 @@ def test_few_row_products_route_large_linear_layers_on_the_cpu_only_and_restore_
         assert torch.equal(output, few_rows.project_rows(states, big.weight, big.bias))
     assert "forward" not in vars(big)
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("num_rows", [1, 3, 65])
+@pytest.mark.parametrize("shape", [BIG_SHAPE, LAYER_SHAPE])
+def test_a_redirected_layer_computes_exactly_what_project_rows_computes(shape, num_rows):
+    """The layers' own forward checks less than project_rows (it runs ~200 times per forward): same rule, same bits."""
+    layer = nn.Linear(shape[1], shape[0])
+    states = torch.randn(1, num_rows, shape[1])
+    with torch.inference_mode(), few_rows.few_row_products(layer, torch.device("cpu")):
+        assert torch.equal(layer(states), few_rows.project_rows(states, layer.weight, layer.bias))

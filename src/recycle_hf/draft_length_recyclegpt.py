@@ -54,8 +54,9 @@ CALIBRATION_TOKENS = (max(ACCEPTANCE_STEPS, TIMED_ROUNDS + 1) + 1) * (MAX_AUTO_D
 PLAIN_TIMED_TOKENS = 8
 # A draft length must beat plain decoding by this much to be chosen: calibration medians still carry noise.
 PLAIN_MARGIN = 1.05
-# Part of every calibration key: a new way of measuring makes choices kept by an older one measure again.
-CALIBRATION_METHOD = 3
+# Part of every calibration key: a new way of measuring, or a change to the step that shifts what it costs, makes
+# choices kept by an older one measure again (4: few-row products contiguous, one row of a vocabulary head swapped).
+CALIBRATION_METHOD = 4
 
 
 def expected_tokens_per_step(acceptance: Sequence[float], num_drafts: int) -> float:
