@@ -1,0 +1,1 @@
+src/recycle_hf/attention_recyclegpt.py
