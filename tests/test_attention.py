@@ -74,3 +74,10 @@ def test_grouped_query_sdpa_leaves_eager_attention_alone():
         config._attn_implementation = "eager"
     with attention.grouped_query_sdpa(model):
         assert {config._attn_implementation for config in _attention_configs(model).values()} == {"eager"}
+
+
+def test_grouped_query_sdpa_changes_nothing_off_the_cpu():
+    """On CUDA grouped heads under a mask would leave sdpa's fused kernels; a model elsewhere keeps "sdpa"."""
+    model = tiny_recycle_model("llama").to("meta")
+    with attention.grouped_query_sdpa(model):
+        assert {config._attn_implementation for config in _attention_configs(model).values()} == {"sdpa"}

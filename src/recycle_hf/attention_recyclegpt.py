@@ -7,8 +7,10 @@ grouped attention only where no mask is given. The fast path's verify forwards a
 a mask over the static cache), and torch's own sdpa takes the mask with `enable_gqa=True` and no copies, in the same
 fused CPU kernel and with the same bits (tested). SmolLM2 (9 query heads on 3 key/value heads) decodes 4% faster.
 
-The fast path names this attention for the layers of the base and the module while it decodes
+The fast path names this attention for the layers of the base and the module while it decodes on the CPU
 (`grouped_query_sdpa`) and restores transformers' "sdpa" afterwards; everything else it passes to transformers' sdpa.
+Not on CUDA: there grouped heads under a mask would leave the fused kernels for the math one, which is why
+transformers asks for grouped attention only without a mask. Not before torch 2.5, which added `enable_gqa`.
 
 This file is remote code: a checkpoint folder carries it, so it imports only torch and transformers.
 """
@@ -24,9 +26,11 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.utils.import_utils import is_torch_greater_or_equal
 
 
 GROUPED_QUERY_SDPA = "recycle_grouped_query_sdpa"
+_TORCH_HAS_GROUPED_SDPA = is_torch_greater_or_equal("2.5", accept_dev=True)
 
 
 def grouped_query_sdpa_attention(
@@ -56,7 +60,11 @@ AttentionMaskInterface.register(GROUPED_QUERY_SDPA, sdpa_mask)
 
 @contextlib.contextmanager
 def grouped_query_sdpa(model: torch.nn.Module) -> Iterator[None]:
-    """While active, the attention layers of `model` that use transformers' "sdpa" use `GROUPED_QUERY_SDPA`."""
+    """While active, the attention layers of `model` that use transformers' "sdpa" use `GROUPED_QUERY_SDPA`, when
+    `model` is on the CPU and torch has grouped sdpa; else nothing changes."""
+    if not _TORCH_HAS_GROUPED_SDPA or next(model.parameters()).device.type != "cpu":
+        yield
+        return
     configs = {
         id(layer.config): layer.config
         for layer in model.modules()
