@@ -228,6 +228,7 @@ def write_collection(records: list[dict], provenance: list[SourceProvenance], ou
         with staged_file(path) as temporary:
             temporary.write_text(content, encoding="utf-8")
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help=".jsonl file to write (provenance.json beside it)")
