@@ -188,6 +188,30 @@ def test_inductor_compiled_step_equals_plain_greedy():
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("settings", [
+    dict(recycle_mode="alternate", do_sample=False),
+    dict(recycle_mode="verify", num_draft_tokens=3, do_sample=True, temperature=0.8, top_k=20, top_p=0.9),
+])
+def test_alternate_and_sampling_steps_trace_whole_and_equal_the_eager_fast_path(settings):
+    """The other kinds of step also trace as one whole graph (fullgraph=True would raise otherwise): the alternating
+    schedule, and sampling with warpers (the exponential race, the speculative rule). Run eagerly from the traced
+    graph, they give the eager step's tokens, random draws included."""
+    torch._dynamo.reset()
+    model = tiny_recycle_model("llama")
+    input_ids, attention_mask = left_padded_batch([6, 3, 5], seed=12)
+    counter = CompileCounter()
+    sequences = []
+    for config in (None, compile_config(counter)):
+        torch.manual_seed(0)
+        output = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=10, compile_config=config,
+                                return_dict_in_generate=True, **settings)
+        assert output.recycle_stats["decoding_path"] == "static"
+        sequences.append(output.sequences)
+    assert torch.equal(sequences[0], sequences[1])
+    assert counter.frame_count == 1
+    torch._dynamo.reset()
+
+
 def test_no_compilation_on_the_cpu_unless_asked_for_as_transformers_is_asked():
     model = tiny_recycle_model("llama")
     input_ids, attention_mask = left_padded_batch([5], seed=1)
