@@ -15,8 +15,8 @@ Both sides are measured, not assumed, because they depend on the machine, the ba
   need the same timings and adds a model that can be wrong on a new machine;
 - the acceptance profile comes from the verify steps of that same calibration, on this call's own prompts.
 A compiled call keeps the eager calibration's choice: timing compiled steps would compile one graph per candidate k
-(about 100 s each on a 2-core CPU) for a choice the benchmark found the same (SmolLM2, batch 1: eager calibration
-chose k=3, the fastest compiled k as well; docs/BENCHMARKS.md, "Closing measurements").
+(about 100 s each on a 2-core CPU), and in the benchmark the eager choice was also the fastest compiled k (SmolLM2,
+batch 1: k=3; docs/BENCHMARKS.md, "Closing measurements for the fast path").
 A calibration changes which forward shapes run and so, in floating point, can change rounding. So the choice is made
 before the first output and kept: in memory for the process and in a JSON file (`calibration_file()`) for later
 processes, keyed by model, dtype, device, thread count and batch size. The same inputs then give the same k, and the
