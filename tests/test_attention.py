@@ -6,6 +6,7 @@ import torch
 
 from recycle_hf import attention_recyclegpt as attention
 from recycle_hf.masks_recyclegpt import row_attention_mask
+from recycle_hf.static_cache_recyclegpt import RowStaticCache
 
 from conftest import left_padded_batch, tiny_recycle_model
 
@@ -16,8 +17,6 @@ def _attention_configs(model):
 
 def _verify_like_forward(model, batch=3, prompt=6, queries=4):
     """A base forward over a left-padded prompt, then over `queries` new tokens with a row mask (a verify step)."""
-    from recycle_hf.static_cache_recyclegpt import RowStaticCache
-
     input_ids, attention_mask = left_padded_batch([prompt, prompt - 2, prompt - 4][:batch])
     num_slots = prompt + queries
     not_padding = torch.ones(batch, num_slots, dtype=torch.bool)

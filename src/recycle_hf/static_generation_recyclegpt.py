@@ -324,8 +324,7 @@ class StaticRecycleDecoder:
     def run(self) -> tuple[torch.Tensor, dict[str, Any]]:
         """Decode; returns (sequences [B, prompt + longest row], statistics)."""
         with contextlib.ExitStack() as stack:
-            if self.attention_implementation == "sdpa":
-                stack.enter_context(grouped_query_sdpa(self.model))
+            stack.enter_context(grouped_query_sdpa(self.model))  # changes only layers on transformers' "sdpa"
             if self.compiled:
                 # Patched once per call, not per step: a patch costs about 1.6 ms on the CPU.
                 stack.enter_context(torch._dynamo.config.patch(recompile_limit=COMPILED_GRAPHS_LIMIT))
