@@ -273,6 +273,32 @@ def test_rec_loglikelihood_equals_teacher_forced_alternating_decoding(recycle_lm
             assert abs(rec[0] - std[0]) > 1e-3, (context, continuation)
 
 
+def test_rec_shares_one_forward_between_choices_only_when_their_boundaries_agree(recycle_lms, monkeypatch):
+    rec_lm = recycle_lms["rec"]
+    forwards = []  # rows of each forward
+    model_call = rec_lm._model_call
+
+    def counting_model_call(inps: torch.Tensor, **kwargs) -> torch.Tensor:
+        forwards.append(inps.shape[0])
+        return model_call(inps, **kwargs)
+
+    monkeypatch.setattr(rec_lm, "_model_call", counting_model_call)
+    # Multiple choice: one context, answers that differ only in their last token (short ones and longer ones).
+    choices = [("Is the sky blue? Answer:", answer) for answer in (" y", " n", " yes", " yet", " yen")]
+    scores = rec_lm.loglikelihood(loglikelihood_requests(choices))
+    for (context, continuation), score in zip(choices, scores):
+        expected = alternating_decoding_score(rec_lm.model, *rec_lm._encode_pair(context, continuation))
+        assert score[0] == pytest.approx(expected[0], abs=1e-4) and score[1] == expected[1], continuation
+    # Two rows in all: " y" / " n" share one, " yes" / " yet" / " yen" another.
+    assert sum(forwards) == 2
+
+    # "abcd" + "efgh" and "abcde" + "fgh" would share a forward but not a schedule: every request gets its own.
+    forwards.clear()
+    pairs = [("abcd", "efgh"), ("abcde", "fgh"), ("abcd", "efgz")]
+    rec_lm.loglikelihood(loglikelihood_requests(pairs))
+    assert sum(forwards) == 3
+
+
 def test_rec_rolling_loglikelihood_restarts_the_schedule_at_each_window(checkpoints):
     max_length = 16
     text = "The quick brown fox jumps over the lazy dog, then naps in the warm afternoon sun."

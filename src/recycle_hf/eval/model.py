@@ -117,10 +117,6 @@ class RecycleGPTLM(HFLM):
                 "RecycleGPT checkpoint, or base=<base model>,adapter=<recycle adapter folder>; for the plain base use "
                 "lm-eval's `hf` model."
             )
-        if self.mode == "rec":
-            # lm-eval's logits cache lets requests with equal context+continuation[:-1] share one forward and one
-            # selection of scores; in rec mode the selection depends on where the continuation starts.
-            self.logits_cache = False
 
     # ------------------------------------------------------------------------------------------------- loading
     def _create_model(self, pretrained: str, *args: Any, **kwargs: Any) -> None:
@@ -144,6 +140,20 @@ class RecycleGPTLM(HFLM):
             dtype=self.mixed_precision_dtype,
             enabled=self.mixed_precision_dtype is not None,
         )
+
+    def _loglikelihood_tokens(
+        self,
+        requests: list[tuple[tuple[str, str], list[int], list[int]]],
+        disable_tqdm: bool = False,
+        override_bs: int | None = None,
+    ) -> list[tuple[float, bool]]:
+        if self.mode == "rec":
+            # lm-eval's logits cache lets requests with equal context + continuation[:-1] share one forward and one
+            # selection of scores (multiple choice with one-token answers: one forward per question, not per
+            # choice). In rec mode the selection depends on where the continuation starts, so the cache is only
+            # kept for request lists in which requests that would share also share that boundary.
+            self.logits_cache = shared_requests_share_boundaries(requests)
+        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
     def _model_call(
         self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
@@ -198,6 +208,18 @@ class RecycleGPTLM(HFLM):
         info = super().get_model_info()
         info.update({"recycle_eval_mode": self.mode, "recycle_adapter": self.adapter})
         return info
+
+
+def shared_requests_share_boundaries(requests: list[tuple[tuple[str, str], list[int], list[int]]]) -> bool:
+    """Whether every group of requests with equal context + continuation[:-1] (lm-eval's logits-cache key) has one
+    context length, so that the alternating schedule, anchored at the context/continuation boundary, is the same
+    for every request of the group."""
+    context_lengths: dict[tuple[int, ...], int] = {}
+    for _, context_ids, continuation_ids in requests:
+        key = tuple(context_ids + continuation_ids[:-1])
+        if context_lengths.setdefault(key, len(context_ids)) != len(context_ids):
+            return False
+    return True
 
 
 def _check_model_source(pretrained: Any, base: str | None, adapter: str | None) -> str | None:
