@@ -195,6 +195,18 @@ def collect(sources: list[str], max_characters: int, seed: int = 0) -> tuple[lis
     return records, [provenance[source] for source in sources]
 
 
+def heldout_documents(sources: list[str], max_characters: int, heldout_characters: int, seed: int = 0) -> list[dict]:
+    """The documents that `heldout_characters` more would add to `collect(sources, max_characters, seed)`.
+
+    The larger collection starts with the same documents (its copy of the last one longer, where the budget cut
+    it): what it adds after them are documents the smaller one never read (further source files, further topics
+    of the language reference), and a paragraph copied between documents is kept once, in the smaller one.
+    """
+    training, _ = collect(sources, max_characters, seed)
+    larger, _ = collect(sources, max_characters + heldout_characters, seed)
+    return larger[len(training) :]
+
+
 def _relative(path: str) -> str:
     """A path from its distribution's or the standard library's root on, the same on every machine."""
     parts = Path(path).parts
@@ -219,14 +231,17 @@ def _first_copies(paragraphs: list[str], seen: set[str]) -> Iterator[str]:
 
 def write_collection(records: list[dict], provenance: list[SourceProvenance], output: Path) -> None:
     """Write the documents as JSON Lines and `provenance.json` beside them, each through a temporary file."""
+    write_documents(records, output)
+    with staged_file(output.parent / "provenance.json") as temporary:
+        temporary.write_text(json.dumps([asdict(record) for record in provenance], indent=2) + "\n", encoding="utf-8")
+
+
+def write_documents(records: list[dict], output: Path) -> None:
+    """Write the documents as JSON Lines (each names its source file), through a temporary file."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    manifest = output.parent / "provenance.json"
-    for path, content in (
-        (output, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)),
-        (manifest, json.dumps([asdict(record) for record in provenance], indent=2) + "\n"),
-    ):
-        with staged_file(path) as temporary:
-            temporary.write_text(content, encoding="utf-8")
+    with staged_file(output) as temporary:
+        temporary.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records),
+                             encoding="utf-8")
 
 
 def main() -> None:
@@ -235,9 +250,17 @@ def main() -> None:
     parser.add_argument("--max-characters", type=int, default=2_000_000, help="stop after this many (default 2M)")
     parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES), help="comma-separated distributions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heldout-output", type=Path, help="also write the documents the next --heldout-characters "
+                        "would add, for evaluation only (the --output collection is unchanged by this)")
+    parser.add_argument("--heldout-characters", type=int, default=80_000)
     args = parser.parse_args()
-    records, provenance = collect(args.sources.split(","), args.max_characters, args.seed)
+    sources = args.sources.split(",")
+    records, provenance = collect(sources, args.max_characters, args.seed)
     write_collection(records, provenance, args.output)
+    if args.heldout_output is not None:
+        heldout = heldout_documents(sources, args.max_characters, args.heldout_characters, args.seed)
+        write_documents(heldout, args.heldout_output)
+        print(f"Wrote {len(heldout)} held-out documents to {args.heldout_output}.")
     for record in provenance:
         print(f"{record.source} {record.version} ({record.license}): {record.documents} documents, "
               f"{record.characters} characters")

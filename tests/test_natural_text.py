@@ -75,3 +75,20 @@ def test_collection_is_reproducible_within_budget_and_records_provenance(tmp_pat
     manifest = json.loads((output.parent / "provenance.json").read_text())
     assert [entry["source"] for entry in manifest] == ["python", "peft"]
     assert sorted(path.name for path in output.parent.iterdir()) == ["provenance.json", "text.jsonl"]
+
+
+def test_heldout_documents_are_ones_the_training_collection_never_read(collector):
+    sources = ["python", "peft"]
+    training, _ = collector.collect(sources, max_characters=40_000, seed=3)
+    heldout = collector.heldout_documents(sources, max_characters=40_000, heldout_characters=30_000, seed=3)
+    assert heldout and sum(len(record["text"]) for record in heldout) <= 30_000
+    # Further files of a package (the language reference gives one document per topic, all from one file).
+    package_files = [{record["source"] for record in records if not record["source"].startswith("python:")}
+                     for records in (heldout, training)]
+    assert package_files[0] and not package_files[0] & package_files[1]
+
+    def long_paragraphs(records: list[dict]) -> set[str]:
+        paragraphs = (p.strip() for record in records for p in record["text"].split("\n\n"))
+        return {p for p in paragraphs if len(p) >= collector.MIN_REPEATED_CHARACTERS}
+
+    assert not long_paragraphs(heldout) & long_paragraphs(training)
