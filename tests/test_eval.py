@@ -273,16 +273,24 @@ def test_rec_loglikelihood_equals_teacher_forced_alternating_decoding(recycle_lm
             assert abs(rec[0] - std[0]) > 1e-3, (context, continuation)
 
 
-def test_rec_shares_one_forward_between_choices_only_when_their_boundaries_agree(recycle_lms, monkeypatch):
-    rec_lm = recycle_lms["rec"]
-    forwards = []  # rows of each forward
-    model_call = rec_lm._model_call
+def counted_forwards(lm: RecycleGPTLM, monkeypatch) -> list[int]:
+    """The rows of each forward `lm` runs from now on."""
+    forwards = []
+    model_call = lm._model_call
 
     def counting_model_call(inps: torch.Tensor, **kwargs) -> torch.Tensor:
         forwards.append(inps.shape[0])
         return model_call(inps, **kwargs)
 
-    monkeypatch.setattr(rec_lm, "_model_call", counting_model_call)
+    monkeypatch.setattr(lm, "_model_call", counting_model_call)
+    return forwards
+
+
+def test_rec_shares_one_forward_between_choices_only_when_their_boundaries_agree(
+    recycle_lms, checkpoints, monkeypatch
+):
+    rec_lm = recycle_lms["rec"]
+    forwards = counted_forwards(rec_lm, monkeypatch)
     # Multiple choice: one context, answers that differ only in their last token (short ones and longer ones).
     choices = [("Is the sky blue? Answer:", answer) for answer in (" y", " n", " yes", " yet", " yen")]
     scores = rec_lm.loglikelihood(loglikelihood_requests(choices))
@@ -297,6 +305,13 @@ def test_rec_shares_one_forward_between_choices_only_when_their_boundaries_agree
     pairs = [("abcd", "efgh"), ("abcde", "fgh"), ("abcd", "efgz")]
     rec_lm.loglikelihood(loglikelihood_requests(pairs))
     assert sum(forwards) == 3
+
+    # A user's logits_cache=False holds in rec mode too.
+    uncached_lm = RecycleGPTLM(pretrained=str(checkpoints.recycle), mode="rec", device="cpu", batch_size=4,
+                               logits_cache=False)
+    uncached_forwards = counted_forwards(uncached_lm, monkeypatch)
+    assert uncached_lm.loglikelihood(loglikelihood_requests(choices)) == scores
+    assert sum(uncached_forwards) == len(choices)
 
 
 def test_rec_rolling_loglikelihood_restarts_the_schedule_at_each_window(checkpoints):

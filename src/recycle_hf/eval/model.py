@@ -117,6 +117,8 @@ class RecycleGPTLM(HFLM):
                 "RecycleGPT checkpoint, or base=<base model>,adapter=<recycle adapter folder>; for the plain base use "
                 "lm-eval's `hf` model."
             )
+        # HFLM's `logits_cache` argument; rec mode narrows it per request list (`_loglikelihood_tokens`).
+        self.logits_cache_requested = self.logits_cache
 
     # ------------------------------------------------------------------------------------------------- loading
     def _create_model(self, pretrained: str, *args: Any, **kwargs: Any) -> None:
@@ -152,7 +154,7 @@ class RecycleGPTLM(HFLM):
             # selection of scores (multiple choice with one-token answers: one forward per question, not per
             # choice). In rec mode the selection depends on where the continuation starts, so the cache is only
             # kept for request lists in which requests that would share also share that boundary.
-            self.logits_cache = shared_requests_share_boundaries(requests)
+            self.logits_cache = self.logits_cache_requested and shared_requests_share_boundaries(requests)
         return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
     def _model_call(
