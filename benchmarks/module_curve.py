@@ -26,9 +26,8 @@ import torch
 
 from recycle_hf.atomic import staged_file
 from recycle_hf.bench.prompts import encode_chat_prompts
-from recycle_hf.bench.quality import QualityTotals, _eos_token_ids, score_continuations
+from recycle_hf.bench.quality import QualityTotals, continuation_attention_mask, eos_token_ids_of, score_continuations
 from recycle_hf.data import load_token_blocks
-from recycle_hf.distill import continuation_lengths
 from recycle_hf.loading import load_recycle_model, pad_token_id
 
 
@@ -51,9 +50,7 @@ def heldout_answers(model, tokenizer, output_dir: Path, prompts: list[str], max_
         with torch.inference_mode():
             text = model.generate(batch.input_ids, attention_mask=batch.attention_mask, recycle_mode=None,
                                   do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer))
-        lengths = continuation_lengths(text[:, batch.width :], _eos_token_ids(model))
-        new_positions = torch.arange(text.shape[1] - batch.width).unsqueeze(0)
-        mask = torch.cat([batch.attention_mask, (new_positions < lengths.unsqueeze(1)).long()], dim=1)
+        mask = continuation_attention_mask(text, batch.attention_mask, eos_token_ids_of(model))
         batches.append({"sequences": text, "attention_mask": mask, "width": batch.width})
     with staged_file(path) as temporary:
         temporary.write_text(json.dumps({

@@ -195,14 +195,18 @@ def collect(sources: list[str], max_characters: int, seed: int = 0) -> tuple[lis
     return records, [provenance[source] for source in sources]
 
 
-def heldout_documents(sources: list[str], max_characters: int, heldout_characters: int, seed: int = 0) -> list[dict]:
-    """The documents that `heldout_characters` more would add to `collect(sources, max_characters, seed)`.
+def heldout_documents(
+    sources: list[str], max_characters: int, heldout_characters: int, seed: int = 0, training: list[dict] | None = None
+) -> list[dict]:
+    """The documents that `heldout_characters` more would add to `collect(sources, max_characters, seed)` (pass
+    that collection's records as `training` when they are at hand, else they are collected again).
 
     The larger collection starts with the same documents (its copy of the last one longer, where the budget cut
     it): what it adds after them are documents the smaller one never read (further source files, further topics
     of the language reference), and a paragraph copied between documents is kept once, in the smaller one.
     """
-    training, _ = collect(sources, max_characters, seed)
+    if training is None:
+        training, _ = collect(sources, max_characters, seed)
     larger, _ = collect(sources, max_characters + heldout_characters, seed)
     return larger[len(training) :]
 
@@ -258,7 +262,7 @@ def main() -> None:
     records, provenance = collect(sources, args.max_characters, args.seed)
     write_collection(records, provenance, args.output)
     if args.heldout_output is not None:
-        heldout = heldout_documents(sources, args.max_characters, args.heldout_characters, args.seed)
+        heldout = heldout_documents(sources, args.max_characters, args.heldout_characters, args.seed, records)
         write_documents(heldout, args.heldout_output)
         print(f"Wrote {len(heldout)} held-out documents to {args.heldout_output}.")
     for record in provenance:

@@ -83,6 +83,17 @@ def score_continuations(
     totals.module_positions += int(from_module.sum())
 
 
+def continuation_attention_mask(
+    sequences: torch.Tensor, prompt_attention_mask: torch.Tensor, eos_token_ids: Sequence[int]
+) -> torch.Tensor:
+    """The attention mask of prompts + generated continuations: each row's continuation ends after its first EOS."""
+    width = prompt_attention_mask.shape[1]
+    lengths = continuation_lengths(sequences[:, width:], eos_token_ids)
+    new_positions = torch.arange(sequences.shape[1] - width, device=sequences.device).unsqueeze(0)
+    continuation_mask = (new_positions < lengths.unsqueeze(1)).to(prompt_attention_mask.dtype)
+    return torch.cat([prompt_attention_mask, continuation_mask], dim=1)
+
+
 # The quality benchmark scores verify mode at fixed draft lengths (acceptance by k is what it reports); `generate`'s
 # own default, "auto", is a per-machine speed choice and would make the scores depend on the machine.
 DEFAULT_QUALITY_DRAFT_TOKENS = (3,)
@@ -113,7 +124,7 @@ def run_quality_benchmark(
     if bench_model.tokenizer is None:
         raise ValueError("The quality benchmark needs a real model with a tokenizer (--model or --base), not --shape.")
     model, tokenizer = bench_model.model, bench_model.tokenizer
-    eos_token_ids = _eos_token_ids(model)
+    eos_token_ids = eos_token_ids_of(model)
     pad_id = pad_token_id(tokenizer)
     totals = QualityTotals()
     verify_stats = {k: defaultdict(int) for k in settings.draft_token_counts}
@@ -147,10 +158,7 @@ def run_quality_benchmark(
                 torch.manual_seed(settings.seed + batch_index)
                 text = model.generate(batch.input_ids, recycle_mode=None, do_sample=True, **common)
 
-        lengths = continuation_lengths(text[:, batch.width :], eos_token_ids)
-        new_positions = torch.arange(text.shape[1] - batch.width, device=text.device).unsqueeze(0)
-        continuation_mask = (new_positions < lengths.unsqueeze(1)).to(batch.attention_mask.dtype)
-        attention_mask = torch.cat([batch.attention_mask, continuation_mask], dim=1)
+        attention_mask = continuation_attention_mask(text, batch.attention_mask, eos_token_ids)
         score_continuations(model, text, attention_mask, batch.width, totals)
 
     return {
@@ -179,7 +187,7 @@ def run_quality_benchmark(
     }
 
 
-def _eos_token_ids(model: RecycleGPTForCausalLM) -> list[int]:
+def eos_token_ids_of(model: RecycleGPTForCausalLM) -> list[int]:
     value = generation_setting(model, "eos_token_id")
     if value is None:
         return []
