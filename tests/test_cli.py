@@ -51,6 +51,7 @@ def _one_line_error(capsys) -> str:
         (["generate", "hi", "--num-draft-tokens", "0"], "argument --num-draft-tokens: expected an integer >= 1"),
         (["generate", "hi", "--top-p", "1.5"], "argument --top-p: expected a number in (0, 1], got '1.5'"),
         (["generate", "hi", "--temperature", "nan"], "argument --temperature: expected a number > 0"),
+        (["self-prompts", "--count", "0", "--output", "o.jsonl"], "argument --count: expected an integer >= 1"),
         (["distill", "--prompts", "p.txt", "--output", "o.jsonl", "--batch-size", "x"], "expected an integer >= 1"),
         (["train", "--data", "d.jsonl", "--output", "o", "--block-size", "1"], "expected an integer >= 2, got '1'"),
         (["train", "--data", "d.jsonl", "--output", "o", "--distill-weight", "2"], "expected a number in [0, 1]"),

@@ -17,6 +17,7 @@ from .errors import USER_ERRORS
 COMMANDS = {
     "init": ("recycle_hf.commands.init", "write a randomly initialised checkpoint of a preset shape"),
     "generate": ("recycle_hf.commands.generate", "generate text with recycle decoding (default: SmolLM2 + module)"),
+    "self-prompts": ("recycle_hf.commands.self_prompts", "sample user prompts from an instruction model itself"),
     "distill": ("recycle_hf.commands.distill", "generate self-distillation training data with the base model"),
     "train": ("recycle_hf.commands.train", "fine-tune a recyclable module on a frozen base, save an adapter"),
     "pretrain": (
@@ -29,7 +30,8 @@ COMMANDS = {
 
 def _top_level_help() -> str:
     lines = ["usage: recycle-hf [--log-level LEVEL] COMMAND [ARGS]", "", "commands:"]
-    lines += [f"  {name:<10} {summary}" for name, (_, summary) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "Run `recycle-hf COMMAND --help` for the options of one command."]
     return "\n".join(lines)
 
