@@ -11,9 +11,8 @@
 #    lr 2e-4 cosine, the shipped recipe's loss, chained drafts to depth 2: the settings of the replay-only control
 #    of examples/continue_on_natural_text.sh, so the two differ only in where the prompts came from.
 # 4. Export to float16 in $work/exported; score with benchmarks/module_curve.py.
-# On the CPU (COUNT=320, about 45k answer tokens) this takes about 40 minutes; on a GPU, COUNT in the tens of
-# thousands and training from the shipped recipe's data plus these (examples/train_default_adapter.sh) is the run
-# issue #16 asks for.
+# On the 2-core CPU (COUNT=320, 43k answer tokens) this took 26 minutes, too little data to move the module; the
+# same round at COUNT=16000 (about 2.2M answer tokens) is examples/device/module_round.sh, for a GPU lease.
 set -euo pipefail
 work=${WORK_DIR:-work/self-prompt-adapter}
 count=${COUNT:-320}

@@ -298,11 +298,17 @@ def test_two_processes_ddp_and_fsdp2_give_the_one_process_weights_on_disjoint_bl
     arguments = joint_arguments(tmp_path / "single", per_device_train_batch_size=2 * BATCH_SIZE)
     RecordingTrainer(model=model, args=arguments, train_dataset=ListOfBatches(global_blocks)).train()
     expected = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    # Two processes average their gradients, one process takes the mean over both halves: the same sum, rounded
+    # in another order, and Adam's division by sqrt(v) magnifies that for near-zero gradients (one weight in 8192
+    # differed by 2.3e-6 on one CPU). The tolerance stays far below what training moved the weights (checked), so
+    # a process that trained on other blocks still fails it.
+    initial = build_pretraining_model(preset="tiny", seed=0).state_dict()
+    assert max((expected[name] - initial[name]).abs().max().item() for name in expected) > 1e-3
     for run in ("ddp", "fsdp"):
         weights = load_file(tmp_path / "runs" / run / "model.safetensors")
         assert "base_lm.lm_head.weight" not in weights  # tied to the embeddings: saved once
         for name, tensor in weights.items():
-            torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=2e-6, msg=f"{run}: {name}")
+            torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5, msg=f"{run}: {name}")
     assert ranks[0]["fsdp_units"] == ["FSDPJointTrainingModel", "FSDPLlamaDecoderLayer", "FSDPRecycleModule"]
 
 
