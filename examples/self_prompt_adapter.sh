@@ -14,6 +14,8 @@
 # On the 2-core CPU (COUNT=320, 43k answer tokens) this took 26 minutes, too little data to move the module; the
 # same round at COUNT=16000 (about 2.2M answer tokens) is examples/device/module_round.sh, for a GPU lease.
 set -euo pipefail
+# Stems of make_distill_prompts.py's HELDOUT_TOPICS, one per line: prompts naming one are dropped.
+mapfile -t heldout_terms < examples/data/heldout_topic_terms.txt
 work=${WORK_DIR:-work/self-prompt-adapter}
 count=${COUNT:-320}
 device=${DEVICE:-cpu}
@@ -22,8 +24,7 @@ mkdir -p "$work"
 [ -f "$work/prompts.jsonl" ] || recycle-hf self-prompts --base default --device "$device" --count "$count" \
     --output "$work/prompts.jsonl" --max-new-tokens 64 --batch-size 32 --seed 0 \
     --exclude-prompts examples/data/heldout_prompts.txt \
-    --exclude-terms glacier jazz compost lighthouse meditat "air balloon" coral "board game" bridge typewriter \
-    octopus "wind turbine"
+    --exclude-terms "${heldout_terms[@]}"
 [ -f "$work/answers.jsonl" ] || recycle-hf distill --base default --device "$device" --prompts "$work/prompts.jsonl" \
     --output "$work/answers.jsonl" --max-new-tokens 160 --batch-size 32
 [ -f "$work/adapter/adapter_config.json" ] || recycle-hf train --base default --device "$device" --adapter "$shipped" \

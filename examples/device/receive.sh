@@ -2,6 +2,7 @@
 # Run ON THE DEVICE at the start of each call: keeps what this call carried (see prepare_carry.sh) in
 # /tmp/recycle-carry, which outlives the call while the machine stays warm.
 set -euo pipefail
-mkdir -p "${CARRY_DIR:-/tmp/recycle-carry}"
-cp -r .device-carry/. "${CARRY_DIR:-/tmp/recycle-carry}/"
-ls "${CARRY_DIR:-/tmp/recycle-carry}"
+carry=${CARRY_DIR:-/tmp/recycle-carry}
+mkdir -p "$carry"
+cp -r .device-carry/. "$carry/"
+ls "$carry"

@@ -59,6 +59,15 @@ def continuation_lengths(new_tokens: torch.Tensor, eos_token_ids: Sequence[int])
     return torch.clamp(first_eos + 1, max=width)
 
 
+def end_of_turn_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Tokens that end a turn: the generation config's eos tokens (a chat model's end-of-turn token is often one of
+    several, e.g. Llama 3's <|eot_id|>) and the tokenizer's eos token."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    configured = [] if configured is None else configured if isinstance(configured, list) else [configured]
+    tokenizer_eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return list(dict.fromkeys(int(token) for token in configured + tokenizer_eos))
+
+
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool) -> str:
     """The prompt as the model sees it: wrapped in the chat template when the tokenizer has one."""
     if use_chat_template and tokenizer.chat_template:
@@ -87,7 +96,7 @@ def distill_continuations(
     output_path = Path(output_path)
     tokenizer.padding_side = "left"
     ensure_pad_token(tokenizer)
-    eos_token_ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    eos_token_ids = end_of_turn_token_ids(model, tokenizer)
     # Shorter prompts first so that batches pad little.
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
     generated_tokens = 0

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .atomic import staged_file
-from .distill import continuation_lengths
+from .distill import continuation_lengths, end_of_turn_token_ids
 from .errors import InvalidInputError
 
 
@@ -69,15 +69,6 @@ class PromptFilter:
             return False
         self.seen.add(key)
         return True
-
-
-def end_of_turn_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Tokens that end a turn: the generation config's eos tokens (a chat model's end-of-turn token is often one of
-    several, e.g. Llama 3's <|eot_id|>) and the tokenizer's eos token."""
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    configured = [] if configured is None else configured if isinstance(configured, list) else [configured]
-    tokenizer_eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    return list(dict.fromkeys(int(token) for token in configured + tokenizer_eos))
 
 
 @torch.no_grad()
