@@ -17,6 +17,7 @@ import sys
 import torch
 from transformers import CompileConfig
 
+from recycle_hf.commands import num_draft_tokens_option
 from recycle_hf.distill import format_prompt, read_prompts
 from recycle_hf.loading import load_recycle_model
 
@@ -34,7 +35,7 @@ def main() -> int:
     parser.add_argument("--prompts-file", default="examples/data/heldout_prompts.txt")
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--num-draft-tokens", type=int, default=3)
+    parser.add_argument("--num-draft-tokens", type=num_draft_tokens_option, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -176,13 +177,13 @@ def test_when_the_old_folder_cannot_be_put_back_the_error_says_where_it_is(tmp_p
     real_replace = os.replace
     calls = []
 
-    def replace_only_once(source, destination):
+    def replace_only_twice(source, destination):
         calls.append(source)
-        if len(calls) > 1:  # the swap and the way back fail
+        if len(calls) > 2:  # staging -> .new and target -> .old work; the swap and the way back fail
             raise Injected("disk gone")
         real_replace(source, destination)
 
-    monkeypatch.setattr(os, "replace", replace_only_once)
+    monkeypatch.setattr(os, "replace", replace_only_twice)
     with pytest.raises(OSError, match=r"could not be put back: it is complete at .*\.checkpoint\.old-") as raised:
         publish_checkpoint(staging, checkpoint)
     monkeypatch.undo()
@@ -254,3 +255,100 @@ def test_staged_file_replaces_the_file_only_when_complete(tmp_path):
         temporary.write_text("new\n")
     assert path.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
+
+
+def _save_forever(target: Path, versions: list, ready_fd: int) -> None:
+    """A child process's life: save the versions in turn into `target` until it is killed."""
+    from transformers.utils import logging as transformers_logging
+
+    # tqdm's write lock is a semaphore shared across fork: a child killed while holding it would block the parent.
+    transformers_logging.disable_progress_bar()
+    os.write(ready_fd, b"r")
+    index = 0
+    while True:
+        versions[index % 2].save_pretrained(target)
+        index += 1
+
+
+def test_saves_killed_at_random_moments_leave_a_loadable_version_and_the_next_save_cleans_up(tmp_path):
+    import random
+    import signal
+    import subprocess
+
+    from recycle_hf.errors import InputNotFoundError
+    from recycle_hf.local_folders import check_local_folder
+
+    versions = [tiny_recycle_model("llama", seed=1), tiny_recycle_model("llama", seed=2)]
+    states = [model.state_dict() for model in versions]
+    target = tmp_path / "checkpoint"
+    rounds = random.Random(27)
+    outcomes = []
+    for _ in range(20):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: a real process that saves until SIGKILL, whatever it is doing then
+            try:
+                os.close(read_fd)
+                _save_forever(target, versions, write_fd)
+            finally:
+                os._exit(1)
+        os.close(write_fd)
+        assert os.read(read_fd, 1) == b"r"
+        os.close(read_fd)
+        time.sleep(rounds.uniform(0.0, 0.3))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        if target.exists():
+            folder, outcomes = target, outcomes + ["target"]
+        else:  # killed between the renames: the loader names the newest complete version
+            with pytest.raises(InputNotFoundError, match="a save of it was interrupted") as raised:
+                check_local_folder(str(target), "model", "config.json")
+            folder = Path(str(raised.value).split("complete version is ")[1].split("; rename")[0])
+            outcomes.append("named")
+        loaded = RecycleGPTForCausalLM.from_pretrained(folder).state_dict()
+        assert any(_same_weights(loaded, state) for state in states)
+        if folder != target:
+            os.replace(folder, target)  # as the error says
+    leftovers = [entry for entry in tmp_path.iterdir() if entry.name.startswith(".checkpoint.")]
+    assert leftovers, "no kill landed inside a save"
+
+    # A save that is still running (its process alive) keeps its folder; the dead saves' folders go.
+    sleeper = subprocess.Popen(["sleep", "120"])
+    live = tmp_path / f".checkpoint.saving-{sleeper.pid}-{time.time_ns():x}-0123abcd"
+    live.mkdir()
+    try:
+        versions[0].save_pretrained(target)
+        assert sorted(entry.name for entry in tmp_path.iterdir() if entry.name.startswith(".")) == [live.name]
+        assert _same_weights(RecycleGPTForCausalLM.from_pretrained(target).state_dict(), states[0])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    versions[1].save_pretrained(target)
+    assert not [entry for entry in tmp_path.iterdir() if entry.name.startswith(".")]
+
+
+def test_a_missing_folder_names_the_newest_complete_version_not_a_partly_deleted_one(tmp_path):
+    from recycle_hf.errors import InputNotFoundError
+    from recycle_hf.local_folders import check_local_folder
+    from recycle_hf.modeling_recyclegpt import _sibling
+
+    target = tmp_path / "checkpoint"
+    old_model, new_model = tiny_recycle_model("llama", seed=1), tiny_recycle_model("llama", seed=2)
+    older = _sibling(target, "old")
+    old_model.save_pretrained(older)
+    (older / "model.safetensors").unlink()  # as an older save's interrupted deletion would leave it (old format)
+    complete_old = _sibling(target, "old")
+    old_model.save_pretrained(complete_old)
+    newest = _sibling(target, "new")
+    new_model.save_pretrained(newest)
+    truncated = _sibling(target, "new")  # newer still, but its weights are cut short
+    new_model.save_pretrained(truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(InputNotFoundError, match=f"newest complete version is {newest}"):
+        check_local_folder(str(target), "model", "config.json")
+    with pytest.raises(Exception, match=f"newest complete version is {newest}"):
+        RecycleGPTForCausalLM.from_pretrained(target)
+    shutil.rmtree(newest)
+    with pytest.raises(InputNotFoundError, match=f"newest complete version is {complete_old}"):
+        check_local_folder(str(target), "model", "config.json")

@@ -64,7 +64,7 @@ def quick_settings(**overrides) -> SpeedSettings:
     settings = dict(
         mode_names=QUICK_MODES,
         batch_sizes=(1, 3),
-        draft_token_counts=(1, 2),
+        num_draft_tokens=(1, 2),
         max_new_tokens=MAX_NEW_TOKENS,
         repeats=1,
         warmup=0,
@@ -410,7 +410,7 @@ def test_quality_run_on_a_tiny_model_with_the_smollm2_tokenizer(smollm2_tokenize
         model, smollm2_tokenizer, {"name": "tiny", "module": "random init", "dtype": "float32"}
     )
     prompts = ["Why do cats purr?", "Write one sentence about rain.", "Count to five."]
-    settings = QualitySettings(max_new_tokens=5, batch_size=2, draft_token_counts=(1, 2))
+    settings = QualitySettings(max_new_tokens=5, batch_size=2, num_draft_tokens=(1, 2))
     results = run_quality_benchmark(bench_model, prompts, settings, "inline test prompts")
     assert results["verify_equals_plain"] is True
     assert results["scored_positions"] == 3 * 5  # no EOS reached by this random model in 5 tokens
@@ -446,7 +446,7 @@ def test_quality_run_on_a_tiny_model_with_the_smollm2_tokenizer(smollm2_tokenize
 
 # ------------------------------------------------------------------------------------------------ command lines
 SPEED_ARGS = (
-    "--shape tiny --dtype float32 --device cpu --batch-sizes 2 --draft-tokens 1 --max-new-tokens 3 --repeats 1 "
+    "--shape tiny --dtype float32 --device cpu --batch-sizes 2 --num-draft-tokens 1 --max-new-tokens 3 --repeats 1 "
     "--warmup 0 --no-plot"
 ).split()
 
@@ -481,4 +481,4 @@ def test_quality_defaults_are_fixed_draft_lengths():
     QualitySettings().validate()
     parser = argparse.ArgumentParser()
     add_quality_arguments(parser)
-    assert parser.parse_args(["--base", "default"]).draft_tokens == (3,)
+    assert parser.parse_args(["--base", "default"]).num_draft_tokens == (3,)

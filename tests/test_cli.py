@@ -48,7 +48,10 @@ def _one_line_error(capsys) -> str:
     ("arguments", "expected"),
     [
         (["generate", "hi", "--max-new-tokens", "-5"], "argument --max-new-tokens: expected an integer >= 1, got '-5'"),
-        (["generate", "hi", "--num-draft-tokens", "0"], "argument --num-draft-tokens: expected an integer >= 1"),
+        (["generate", "hi", "--num-draft-tokens", "17"],
+         "argument --num-draft-tokens: num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to 16, "
+         "got 17"),
+        (["generate", "hi", "--num-draft-tokens", "three"], "num_draft_tokens must be 'auto' or an integer"),
         (["generate", "hi", "--top-p", "1.5"], "argument --top-p: expected a number in (0, 1], got '1.5'"),
         (["generate", "hi", "--temperature", "nan"], "argument --temperature: expected a number > 0"),
         (["self-prompts", "--count", "0", "--output", "o.jsonl"], "argument --count: expected an integer >= 1"),
@@ -98,6 +101,41 @@ def test_user_errors_are_one_line_with_status_2(tiny_folders, tmp_path, monkeypa
     assert main(["generate", "hi", "--model", str(base)]) == 2
     line = _one_line_error(capsys)
     assert "is not a RecycleGPT checkpoint" in line and f"--base {base} --adapter" in line
+
+
+def test_every_command_reports_these_user_errors_in_one_line_with_status_2(tiny_folders, tmp_path, capsys):
+    """Issue #27 item 7: errors that printed tracebacks (or exited 1) before."""
+    preset = tmp_path / "preset"
+    assert main(["init", "--preset", "tiny", "--output", str(preset)]) == 0
+    capsys.readouterr()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text to train on\n" * 20)
+    cases = [
+        (["generate", "hi", "--model", str(preset)], f"The model folder {preset} has no tokenizer"),
+        (["init", "--preset", "tiny", "--output", str(a_file)], f"--output {a_file} is a file"),
+        (["pretrain", "--preset", "tiny", "--output", str(a_file), "--max-steps", "1", "--data", str(corpus)],
+         f"--output {a_file} is a file"),
+        (["pretrain", "--preset", "tiny", "--output", str(tmp_path / "out"), "--max-steps", "0", "--data",
+          str(corpus)], "--max-steps must be >= 1"),
+        (["pretrain", "--preset", "tiny", "--output", str(tmp_path / "out"), "--max-steps", "1", "--data",
+          str(a_file)], "unsupported data file type"),
+        (["eval", "--model", "recyclegpt", "--model_args", f"pretrained={tmp_path / 'missing'}", "--tasks",
+          "piqa_local"], f"The model folder {tmp_path / 'missing'} does not exist."),
+        (["eval", "--model", "recyclegpt", "--model_args", f"pretrained={preset}", "--tasks", "no_such_task"],
+         "Tasks not found: no_such_task; `recycle-hf eval ls tasks` lists them"),
+    ]
+    for arguments, expected in cases:
+        assert main(arguments) == 2, arguments
+        line = _one_line_error(capsys)
+        assert line.startswith(f"recycle-hf {arguments[0]}: error: ") and expected in line, (arguments, line)
+    # One name and one check for the draft count, in the benchmarks too (they said --draft-tokens).
+    for subcommand in ("speed", "quality"):
+        with pytest.raises(SystemExit) as raised:
+            main(["bench", subcommand, "--num-draft-tokens", "1,17"])
+        assert raised.value.code == 2
+        assert "num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to 16" in _one_line_error(capsys)
 
 
 def test_init_paper_preset_writes_a_checkpoint_that_loads(tmp_path):

@@ -546,7 +546,7 @@ def test_bad_model_arguments_are_refused_with_a_hint(checkpoints):
     with pytest.raises(ValueError, match="not a RecycleGPT model"):
         RecycleGPTLM(pretrained=str(checkpoints.base), device="cpu")
     with pytest.raises(ValueError, match="num_draft_tokens"):
-        RecycleGPTLM(pretrained=str(checkpoints.recycle), mode="verify", num_draft_tokens=0)
+        RecycleGPTLM(pretrained=str(checkpoints.recycle), mode="verify", num_draft_tokens=17)
 
 
 # ------------------------------------------------------------------------------------------------- command line

@@ -258,8 +258,8 @@ def test_options_that_recycle_modes_cannot_honour_are_refused_not_ignored(option
     model = tiny_recycle_model("llama")
     input_ids, _ = left_padded_batch([5])
     with pytest.raises(ValueError, match=f"{option}={value!r} is not supported with recycle_mode='{mode}'"):
-        model.generate(input_ids, recycle_mode=mode, num_draft_tokens=2, max_new_tokens=3, do_sample=True,
-                       return_dict_in_generate=True, **{option: value})
+        model.generate(input_ids, recycle_mode=mode, num_draft_tokens=2 if mode == "verify" else 1, max_new_tokens=3,
+                       do_sample=True, return_dict_in_generate=True, **{option: value})
 
 
 def test_an_empty_prompt_gets_a_clear_error():

@@ -11,7 +11,7 @@ from recycle_hf import RecycleGPTForCausalLM
 from recycle_hf.configuration_recyclegpt import RecycleGPTCheckpointError
 from recycle_hf.errors import InputNotFoundError, InvalidInputError, UserError
 
-from conftest import save_tiny_base_with_tokenizer, tiny_base_model
+from conftest import save_tiny_base_with_tokenizer, tiny_base_model, tiny_recycle_model
 
 
 @pytest.mark.parametrize(
@@ -45,8 +45,11 @@ def test_a_truncated_base_weights_file_is_named(tmp_path):
 
 
 def test_a_folder_an_interrupted_save_moved_away_says_where_the_old_version_is(tmp_path):
-    (tmp_path / ".checkpoint.old-0123456789ab").mkdir()
-    with pytest.raises(InputNotFoundError, match=r"previous version at .*\.checkpoint\.old-0123456789ab"):
+    (tmp_path / ".checkpoint.old-0123456789ab").mkdir()  # an earlier version's name, and empty: not offered
+    with pytest.raises(InputNotFoundError, match=r"checkpoint does not exist\.$"):
+        loading.load_recycle_model(model=str(tmp_path / "checkpoint"))
+    tiny_recycle_model("llama").save_pretrained(tmp_path / ".checkpoint.old-ba9876543210")  # complete
+    with pytest.raises(InputNotFoundError, match=r"newest complete version is .*\.checkpoint\.old-ba9876543210"):
         loading.load_recycle_model(model=str(tmp_path / "checkpoint"))
 
 

@@ -271,7 +271,8 @@ def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, 
         # a tiny model, where `generate`'s own overhead dominates) may be chosen over plain decoding.
         assert measurement.acceptance == [0.0] * MAX_AUTO_DRAFT_TOKENS
         if measurement.choice == 0:
-            assert getattr(output, "recycle_stats", None) is None  # k = 0: the base's own generate ran
+            assert output.recycle_stats["decoding_path"] == "plain"  # k = 0: the base's own generate ran
+            assert output.recycle_stats["num_draft_tokens"] == 0
         else:
             assert measurement.step_seconds[measurement.choice] * PLAIN_MARGIN < measurement.plain_seconds
             assert output.recycle_stats["num_draft_tokens"] == measurement.choice
@@ -286,6 +287,6 @@ def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, 
 def test_num_draft_tokens_is_validated():
     model = tiny_recycle_model("llama")
     input_ids, _ = left_padded_batch([4])
-    for bad in (True, 0, -1, 17, 2.0, "three"):
-        with pytest.raises(ValueError, match="num_draft_tokens must be 'auto' or an integer from 1 to 16"):
+    for bad in (True, False, -1, 17, 2.0, "three", None.__class__):
+        with pytest.raises(ValueError, match=r"must be 'auto' or an integer from 0 \(plain decoding\) to 16"):
             model.generate(input_ids, max_new_tokens=3, recycle_mode="verify", num_draft_tokens=bad)

@@ -18,6 +18,7 @@ This file is remote code: a checkpoint folder carries it, so it imports only tor
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,15 @@ from transformers.utils.import_utils import is_torch_greater_or_equal
 
 GROUPED_QUERY_SDPA = "recycle_grouped_query_sdpa"
 _TORCH_HAS_GROUPED_SDPA = is_torch_greater_or_equal("2.5", accept_dev=True)
+# The attention name is set on shared configs, but only threads inside `grouped_query_sdpa` read heads in place;
+# the others get transformers' sdpa exactly (same bits either way, but no other thread should depend on ours).
+_thread_state = threading.local()
+_switching = threading.Lock()
+_config_users: dict[int, int] = {}  # id(config) -> contexts using it (kept off the config, which is serialised)
+
+
+def _active_in_this_thread() -> bool:
+    return torch.compiler.is_compiling() or getattr(_thread_state, "depth", 0) > 0
 
 
 def grouped_query_sdpa_attention(
@@ -46,7 +56,7 @@ def grouped_query_sdpa_attention(
     """transformers' sdpa attention, except that several queries under a mask read the grouped heads in place."""
     grouped = getattr(module, "num_key_value_groups", 1) > 1
     plain_keys = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
-    if not (grouped and plain_keys and attention_mask is not None and query.shape[2] > 1):
+    if not (grouped and plain_keys and attention_mask is not None and query.shape[2] > 1 and _active_in_this_thread()):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
@@ -60,24 +70,35 @@ AttentionMaskInterface.register(GROUPED_QUERY_SDPA, sdpa_mask)
 
 @contextlib.contextmanager
 def grouped_query_sdpa(model: torch.nn.Module) -> Iterator[None]:
-    """While active, the attention layers of `model` that use transformers' "sdpa" use `GROUPED_QUERY_SDPA`, when
-    `model` is on the CPU and torch has grouped sdpa; else nothing changes."""
+    """While active, the attention layers of `model` that use transformers' "sdpa" use `GROUPED_QUERY_SDPA` in this
+    thread, when `model` is on the CPU and torch has grouped sdpa; else nothing changes. The configs switch back when
+    the last context using them ends."""
     if not _TORCH_HAS_GROUPED_SDPA or next(model.parameters()).device.type != "cpu":
         yield
         return
     configs = {
         id(layer.config): layer.config
         for layer in model.modules()
-        if hasattr(layer, "num_key_value_groups") and getattr(getattr(layer, "config", None), "_attn_implementation",
-                                                              None) == "sdpa"
+        if hasattr(layer, "num_key_value_groups")
+        and getattr(getattr(layer, "config", None), "_attn_implementation", None) in ("sdpa", GROUPED_QUERY_SDPA)
     }
-    for config in configs.values():
-        config._attn_implementation = GROUPED_QUERY_SDPA
+    with _switching:  # counted, so that one context's exit never switches back what another still uses
+        for config in configs.values():
+            users = _config_users.get(id(config), 0)
+            if users == 0:
+                config._attn_implementation = GROUPED_QUERY_SDPA
+            _config_users[id(config)] = users + 1
+    _thread_state.depth = getattr(_thread_state, "depth", 0) + 1
     try:
         yield
     finally:
-        for config in configs.values():
-            config._attn_implementation = "sdpa"
+        _thread_state.depth -= 1
+        with _switching:
+            for config in configs.values():
+                _config_users[id(config)] -= 1
+                if _config_users[id(config)] == 0:
+                    del _config_users[id(config)]
+                    config._attn_implementation = "sdpa"
 
 
 __all__ = ["GROUPED_QUERY_SDPA", "grouped_query_sdpa", "grouped_query_sdpa_attention"]

@@ -27,13 +27,14 @@ This file is remote code: a checkpoint folder carries it, so it imports only tor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
 
 logger = logging.get_logger(__name__)
 
+# More drafts than this never pay: acceptance falls with depth, and every draft costs a module forward.
+MAX_NUM_DRAFT_TOKENS = 16
 MAX_AUTO_DRAFT_TOKENS = 5
 TIMED_ROUNDS = 7
 # Steps at the largest k whose accepted counts measure the acceptance profile.
@@ -60,6 +63,19 @@ PLAIN_MARGIN = 1.05
 # Part of every calibration key: a new way of measuring, or a change to the step that shifts what it costs, makes
 # choices kept by an older one measure again (4: few-row products contiguous, one row of a vocabulary head swapped).
 CALIBRATION_METHOD = 4
+
+
+def check_num_draft_tokens(num_draft_tokens: Any) -> None:
+    """The one check of a draft count, wherever it is given (`generate`, the CLI, lm-eval's model, the benchmarks,
+    the file of `auto`'s choices): "auto" or an integer from 0 (plain decoding) to `MAX_NUM_DRAFT_TOKENS`, not a bool;
+    else a `ValueError` that says so."""
+    if num_draft_tokens == "auto" and isinstance(num_draft_tokens, str):
+        return
+    if type(num_draft_tokens) is not int or not 0 <= num_draft_tokens <= MAX_NUM_DRAFT_TOKENS:
+        raise ValueError(
+            f"num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to {MAX_NUM_DRAFT_TOKENS}, got "
+            f"{num_draft_tokens!r}."
+        )
 
 
 def expected_tokens_per_step(acceptance: Sequence[float], num_drafts: int) -> float:
@@ -124,25 +140,88 @@ def calibration_key(model: Any, batch_size: int, mode_settings: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
-def _read_choices(path: Path) -> dict[str, int]:
+def _read_choices(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The file's entries as stored, and what is wrong with the file as a whole (None if nothing)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {key: value for key, value in data.items() if isinstance(value, int)} if isinstance(data, dict) else {}
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}, None
+    except OSError as error:
+        return {}, f"it cannot be read ({error})"
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        return {}, f"it is not valid JSON ({error})"
+    if not isinstance(data, dict):
+        return {}, "it is not a JSON object of choices"
+    return data, None
+
+
+def _checked_choice(value: Any) -> int:
+    """A stored choice passes the check a user's `num_draft_tokens` passes, and is a number, not "auto"."""
+    check_num_draft_tokens(value)
+    if value == "auto":
+        raise ValueError("a stored choice must be a number, got 'auto'")
+    return value
+
+
+def _is_valid_choice(value: Any) -> bool:
+    try:
+        _checked_choice(value)
+    except ValueError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock beside `path` while one process reads, changes and rewrites it: processes that calibrate
+    different keys at once never lose each other's entries (POSIX `flock`; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; writes stay atomic, a concurrent entry may be measured again
+        yield
+        return
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_choice(path: Path, key: str, num_drafts: int) -> None:
-    """Add one choice to the file, atomically (write beside it, then rename), so a kill never leaves half a file."""
+    """Add one choice to the file, under the file's lock and atomically (written beside it, then renamed): a kill
+    never leaves half a file, and concurrent writers keep every entry. Entries that fail the check are dropped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        choices = _read_choices(path)
-        choices[key] = num_drafts
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-            json.dump(choices, handle, indent=1, sort_keys=True)
-        os.replace(handle.name, path)
+        with _file_lock(path):
+            stored, _ = _read_choices(path)
+            choices = {name: value for name, value in stored.items() if _is_valid_choice(value)}
+            choices[key] = num_drafts
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+                json.dump(choices, handle, indent=1, sort_keys=True)
+            os.replace(handle.name, path)
     except OSError as error:  # a read-only home still decodes; it just measures again next process
         logger.warning("Could not record the draft length in %s: %s", path, error)
+
+
+def stored_choice(path: Path, key: str) -> int | None:
+    """The choice `path` holds for `key`, or None: also where the file is unreadable or malformed or the entry is
+    invalid, each with one warning naming the file (the caller then measures again and rewrites the entry)."""
+    stored, problem = _read_choices(path)
+    if problem is not None:
+        logger.warning("Ignoring the draft-length choices in %s: %s. Measuring again; the file will be rewritten.",
+                       path, problem)
+        return None
+    if key not in stored:
+        return None
+    try:
+        return _checked_choice(stored[key])
+    except ValueError as error:
+        logger.warning("Ignoring the draft-length choice %r in %s for this model (%s). Measuring again.",
+                       stored[key], path, error)
+        return None
 
 
 @dataclass
@@ -267,7 +346,7 @@ class DraftLengthChoices:
         if key in self.in_memory:
             return self.in_memory[key]
         path = calibration_file()
-        stored = _read_choices(path).get(key)
+        stored = stored_choice(path, key)
         if stored is None:
             self.measured[key] = measure()
             stored = self.measured[key].choice
@@ -289,6 +368,9 @@ def draft_length_choices(model: Any) -> DraftLengthChoices:
 
 __all__ = [
     "MAX_AUTO_DRAFT_TOKENS",
+    "MAX_NUM_DRAFT_TOKENS",
+    "check_num_draft_tokens",
+    "stored_choice",
     "DraftLengthChoices",
     "DraftLengthMeasurement",
     "acceptance_profile",

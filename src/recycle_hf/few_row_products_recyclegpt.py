@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -34,6 +35,15 @@ FEW_ROWS = range(2, 65)
 MIN_SWAPPED_PRODUCT_WEIGHT_ELEMENTS = 1 << 16
 # Weights with at least this many output rows also take the swapped product for a single row (as two rows).
 MIN_TALL_WEIGHT_ROWS = 8192
+# The redirection is installed on shared layer objects, but only the threads inside `few_row_products` take it:
+# another thread's plain forward of the same model keeps `F.linear` (and its rounding).
+_thread_state = threading.local()
+_installing = threading.Lock()
+
+
+def _active_in_this_thread() -> bool:
+    # A compiled step was traced inside the context and runs only there: no thread check in the graph.
+    return torch.compiler.is_compiling() or getattr(_thread_state, "depth", 0) > 0
 
 
 def _swaps(num_rows: int, weight: torch.Tensor) -> bool:
@@ -75,8 +85,9 @@ def _swapped_product(
 @contextlib.contextmanager
 def few_row_products(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
     """While active on the CPU, the large `nn.Linear` layers of `model` (base, module and LM head) compute as
-    `project_rows`. Their `forward` is replaced on the instances and restored afterwards: only these layers pay
-    the redirection (a `TorchFunctionMode` cost 6 us on every torch call, about 5 ms per SmolLM2 forward)."""
+    `project_rows` in this thread. Their `forward` is replaced on the instances and restored when the last context
+    using them ends: only these layers pay the redirection (a `TorchFunctionMode` cost 6 us on every torch call,
+    about 5 ms per SmolLM2 forward), and other threads' calls of the same layers keep `F.linear`."""
     if device.type != "cpu":
         yield
         return
@@ -84,17 +95,26 @@ def few_row_products(model: torch.nn.Module, device: torch.device) -> Iterator[N
         module for module in model.modules()
         if type(module) is torch.nn.Linear and module.weight.numel() >= MIN_SWAPPED_PRODUCT_WEIGHT_ELEMENTS
     ]
-    for layer in layers:
-        # One redirected forward per layer, made once: a compiled step guards on the identity of what it traced,
-        # so a new object each call would recompile it every call.
-        if "_few_row_forward" not in vars(layer):
-            layer._few_row_forward = functools.partial(_few_row_linear_forward, layer)
-        layer.forward = layer._few_row_forward
+    with _installing:  # counted, so that one context's exit never removes what another still uses
+        for layer in layers:
+            # One redirected forward per layer, made once: a compiled step guards on the identity of what it
+            # traced, so a new object each call would recompile it every call.
+            if "_few_row_forward" not in vars(layer):
+                layer._few_row_forward = functools.partial(_few_row_linear_forward, layer)
+            users = vars(layer).get("_few_row_users", 0)
+            if users == 0:
+                layer.forward = layer._few_row_forward
+            layer._few_row_users = users + 1
+    _thread_state.depth = getattr(_thread_state, "depth", 0) + 1
     try:
         yield
     finally:
-        for layer in layers:
-            del layer.forward
+        _thread_state.depth -= 1
+        with _installing:
+            for layer in layers:
+                layer._few_row_users -= 1
+                if layer._few_row_users == 0:
+                    del layer.forward
 
 
 def _few_row_linear_forward(layer: torch.nn.Linear, states: torch.Tensor) -> torch.Tensor:
@@ -102,7 +122,7 @@ def _few_row_linear_forward(layer: torch.nn.Linear, states: torch.Tensor) -> tor
     forward, so it checks only what changes from call to call (about 20 us less per call than `project_rows`)."""
     weight = layer.weight
     rows = states.reshape(-1, weight.shape[1])
-    if not _swaps(rows.shape[0], weight):
+    if not (_active_in_this_thread() and _swaps(rows.shape[0], weight)):
         return F.linear(states, weight, layer.bias)
     return _swapped_product(states, rows, weight, layer.bias)
 

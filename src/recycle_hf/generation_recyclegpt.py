@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +34,13 @@ from transformers.generation import EosTokenCriteria, LogitsProcessorList, MaxLe
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.utils import logging
 
-from .draft_length_recyclegpt import calibration_key, draft_length_choices, measure_draft_length
+from .draft_length_recyclegpt import (
+    MAX_NUM_DRAFT_TOKENS,
+    calibration_key,
+    check_num_draft_tokens,
+    draft_length_choices,
+    measure_draft_length,
+)
 from .few_row_products_recyclegpt import few_row_products
 from .reference_loop_recyclegpt import CONTEXT_FREE_PROCESSORS, RecycleDecoder, RecycleDrafter
 from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder, speculative_acceptance
@@ -44,8 +53,6 @@ RECYCLE_MODES = (None, "alternate", "verify")
 # k=3 is best at batch 1 and k=1 at batch 4; on a GPU, where a forward over 4 tokens costs about one over 1, more
 # drafts pay): "auto" measures it once per model, device and batch size (draft_length_recyclegpt.py).
 DEFAULT_NUM_DRAFT_TOKENS = "auto"
-# More drafts than this never pay: acceptance falls with depth, and every draft costs a module forward.
-MAX_NUM_DRAFT_TOKENS = 16
 # `generate` options that recycle modes cannot honour; each is refused with the reason, never silently ignored.
 _UNSUPPORTED_IN_RECYCLE_MODES = {
     "num_beams": "beam search",
@@ -100,41 +107,41 @@ class RecycleGenerationMixin:
             recycle_mode (`str` or `None`): `None`/"none" (plain decoding, exactly the base model's own `generate`),
                 "alternate" (the paper's schedule: module and base take turns) or "verify" (lossless: the module
                 drafts, the base checks).
-            num_draft_tokens (`int` or "auto"): drafts per base forward in "verify" mode, 1 to
-                `MAX_NUM_DRAFT_TOKENS`; "auto" (default) measures the fastest k for this model, device and batch
-                size once, 0 meaning plain decoding.
+            num_draft_tokens (`int` or "auto"): drafts per base forward in "verify" mode, 0 to
+                `MAX_NUM_DRAFT_TOKENS`, 0 meaning plain decoding; "auto" (default) measures the fastest k for this
+                model, device and batch size once (it may choose 0). Alternate mode drafts one token per base forward:
+                it takes "auto" or 1 and refuses other values (a value from a generation config is verify mode's).
             recycle_compile (`bool`, *optional*): compile the fast path's step. By default it is compiled as
                 transformers compiles its own decoding: with `cache_implementation="static"` or a `compile_config`,
                 on CUDA, or anywhere when `compile_config._compile_all_devices` is set.
             recycle_drafter (`RecycleDrafter`, *optional*): proposes the drafts in place of the module (an object
-                with `draft(decoder, num_drafts)` and `update(decoder, num_drafts, accepted)`, see
-                `reference_loop_recyclegpt.py`); runs on the reference loop and needs an integer `num_draft_tokens`.
+                with `draft(decoder, num_draft_tokens)` and `update(decoder, num_draft_tokens, accepted)`, see
+                `reference_loop_recyclegpt.py`); runs on the reference loop and, in verify mode, needs an integer
+                `num_draft_tokens` of at least 1.
 
         Recycle modes decode on the static fast path (`static_generation_recyclegpt.py`) unless the call needs the
-        reference loop (processors or stopping criteria that read the whole context, `cache_implementation=
-        "dynamic"`); `cache_implementation="static"` insists on the fast path. With `return_dict_in_generate=True`
-        the output also carries `recycle_stats`.
+        reference loop (processors or stopping criteria that read the whole context, an attention mask that is not
+        left padding, `cache_implementation="dynamic"`); `cache_implementation="static"` insists on the fast path.
+        With `return_dict_in_generate=True` the output is a `RecycleGenerateOutput` with `recycle_stats`, also when
+        verify mode decodes plainly (k = 0, asked for or chosen by "auto").
+
+        Calls in recycle modes on one model object run one at a time (a lock held for the call: the fast path keeps
+        its caches on the model and redirects some of its layers while it decodes); other threads' plain decoding of
+        the same model is not held up and never sees the redirection. Use one model object per thread to decode in
+        parallel.
         """
         base_generation_config = generation_config if generation_config is not None else self.generation_config
         if recycle_mode is _UNSET:
             recycle_mode = getattr(base_generation_config, "recycle_mode", None)
         mode = resolve_recycle_mode(recycle_mode)
-        if num_draft_tokens is None:
-            num_draft_tokens = getattr(base_generation_config, "num_draft_tokens", None) or DEFAULT_NUM_DRAFT_TOKENS
-        check_num_draft_tokens(num_draft_tokens)
+        num_draft_tokens = resolve_num_draft_tokens(mode, num_draft_tokens, base_generation_config)
         check_drafter(recycle_drafter, mode, num_draft_tokens)
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
-        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
-            raise ValueError("generate got an empty prompt: give every row at least one token (e.g. the BOS token).")
+        check_token_ids(input_ids, self.get_input_embeddings().weight.shape[0])
 
         # Merge the call's generation arguments here, so that `generate` below sees one complete config.
         generation_config = _without_recycle_settings(base_generation_config)
         kwargs = generation_config.update(**kwargs)
-        if mode == "verify" and num_draft_tokens == "auto":
-            num_draft_tokens = self.auto_draft_length(input_ids, kwargs.get("attention_mask"), generation_config)
-            if num_draft_tokens == 0:
-                logger.info("num_draft_tokens='auto': plain decoding is fastest for this batch here.")
-                mode = None
         if mode is None:
             return self.base_lm.generate(inputs, generation_config=generation_config, streamer=streamer, **kwargs)
 
@@ -145,6 +152,27 @@ class RecycleGenerationMixin:
                     f"{name}={value!r} is not supported with recycle_mode={mode!r} ({feature}); use "
                     "recycle_mode=None for it."
                 )
+        check_recycle_prompt(self, input_ids, kwargs.get("attention_mask"), generation_config)
+        with generation_lock(self):
+            if num_draft_tokens == "auto":
+                num_draft_tokens = self.auto_draft_length(input_ids, kwargs.get("attention_mask"), generation_config)
+            if num_draft_tokens == 0:
+                logger.info("num_draft_tokens=0: verify mode decodes plainly (the base's own generate).")
+                return plain_verify_decoding(self, inputs, generation_config, streamer, kwargs)
+            return self._recycle_generate(inputs, generation_config, mode, num_draft_tokens, recycle_compile,
+                                          recycle_drafter, streamer, kwargs)
+
+    def _recycle_generate(
+        self,
+        inputs: torch.Tensor | None,
+        generation_config: GenerationConfig,
+        mode: str,
+        num_draft_tokens: int,
+        recycle_compile: bool | None,
+        recycle_drafter: RecycleDrafter | None,
+        streamer: Any,
+        kwargs: dict[str, Any],
+    ) -> torch.LongTensor | RecycleGenerateOutput:
         # The caches are the decoding loop's own: transformers must not build one for the composite config.
         cache_implementation = generation_config.cache_implementation
         compile_config = generation_config.compile_config
@@ -162,7 +190,7 @@ class RecycleGenerationMixin:
         decoding = functools.partial(
             recycle_decoding,
             recycle_mode=mode,
-            num_draft_tokens=1 if mode == "alternate" else num_draft_tokens,
+            num_draft_tokens=num_draft_tokens,
             recycle_streamer=streamer,
             recycle_drafter=recycle_drafter,
             recycle_cache_implementation=cache_implementation,
@@ -187,28 +215,139 @@ class RecycleGenerationMixin:
         return draft_length_choices(self).resolve(key, lambda: measure_draft_length(self, input_ids, attention_mask))
 
 
-def check_num_draft_tokens(num_draft_tokens: Any) -> None:
-    """`num_draft_tokens` is "auto" or an integer from 1 to MAX_NUM_DRAFT_TOKENS (not a bool); else a ValueError."""
-    if num_draft_tokens == "auto" and isinstance(num_draft_tokens, str):
-        return
-    if type(num_draft_tokens) is not int or not 1 <= num_draft_tokens <= MAX_NUM_DRAFT_TOKENS:
+def resolve_num_draft_tokens(mode: str | None, num_draft_tokens: Any, generation_config: GenerationConfig) -> Any:
+    """The draft count a call decodes with: the argument, else the generation config's, else "auto"; checked by
+    `check_num_draft_tokens`. Alternate mode drafts one token per base forward: 1."""
+    explicit = num_draft_tokens is not None
+    if not explicit:
+        num_draft_tokens = getattr(generation_config, "num_draft_tokens", None)
+        num_draft_tokens = DEFAULT_NUM_DRAFT_TOKENS if num_draft_tokens is None else num_draft_tokens
+    check_num_draft_tokens(num_draft_tokens)
+    if mode != "alternate":
+        return num_draft_tokens
+    if explicit and num_draft_tokens not in ("auto", 1):
         raise ValueError(
-            f"num_draft_tokens must be 'auto' or an integer from 1 to {MAX_NUM_DRAFT_TOKENS}, got "
-            f"{num_draft_tokens!r}."
+            f"num_draft_tokens={num_draft_tokens!r} does not apply to recycle_mode='alternate', which drafts one "
+            "token per base forward: drop it, or use recycle_mode='verify'."
         )
+    return 1
 
 
 def check_drafter(drafter: Any, mode: str | None, num_draft_tokens: int | str) -> None:
-    """A custom drafter needs a recycle mode, a fixed draft length and both of `RecycleDrafter`'s methods."""
+    """A custom drafter needs a recycle mode, in verify mode a fixed draft count of at least 1, and both of
+    `RecycleDrafter`'s methods."""
     if drafter is None:
         return
     if mode is None:
         raise ValueError("recycle_drafter drafts for recycle modes only: pass recycle_mode='verify' or 'alternate'.")
     if num_draft_tokens == "auto":
         raise ValueError("num_draft_tokens='auto' measures the module, not a custom drafter: pass an integer.")
+    if num_draft_tokens == 0:
+        raise ValueError("num_draft_tokens=0 decodes without drafts: a recycle_drafter needs at least 1.")
     if not all(callable(getattr(drafter, name, None)) for name in ("draft", "update")):
-        raise ValueError(f"recycle_drafter must have draft(decoder, num_drafts) and update(decoder, num_drafts, "
-                         f"accepted) methods; {type(drafter).__name__} lacks one.")
+        raise ValueError(f"recycle_drafter must have draft(decoder, num_draft_tokens) and update(decoder, "
+                         f"num_draft_tokens, accepted) methods; {type(drafter).__name__} lacks one.")
+
+
+def check_token_ids(input_ids: Any, vocab_size: int) -> None:
+    """`input_ids` must be [batch, tokens] with at least one token per row, every id in [0, vocab_size)."""
+    if not isinstance(input_ids, torch.Tensor):
+        return  # inputs_embeds: transformers checks those
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}: for one "
+                         "prompt pass input_ids.unsqueeze(0) (a tokenizer with return_tensors='pt' does).")
+    if input_ids.shape[1] == 0:
+        raise ValueError("generate got an empty prompt: give every row at least one token (e.g. the BOS token).")
+    outside = (input_ids < 0) | (input_ids >= vocab_size)
+    if bool(outside.any()):
+        row, column = (int(i) for i in outside.nonzero()[0])
+        raise ValueError(f"input_ids[{row}, {column}] = {int(input_ids[row, column])} is not a token id of this "
+                         f"model (vocabulary size {vocab_size}): encode the prompt with the model's own tokenizer.")
+
+
+def check_recycle_prompt(
+    model: Any, input_ids: Any, attention_mask: torch.Tensor | None, generation_config: GenerationConfig
+) -> None:
+    """What recycle modes refuse before decoding, where they could not match plain decoding: a row without a real
+    token, and positions past the learned position embeddings of a base that has them (OPT, GPT-2, ...)."""
+    if attention_mask is not None and attention_mask.dim() == 2:
+        empty = ~attention_mask.bool().any(dim=1)
+        if bool(empty.any()):
+            raise ValueError(f"attention_mask row {int(empty.nonzero()[0])} is all zeros (only padding): every row "
+                             "needs at least one real token; drop the row or give it the BOS token.")
+    if not isinstance(input_ids, torch.Tensor):
+        return
+    max_positions = getattr(model.config.base_config, "max_position_embeddings", None)
+    if not max_positions or not has_learned_positions(model):
+        return
+    width = input_ids.shape[1]
+    longest_prompt = int(attention_mask.sum(dim=1).max()) if attention_mask is not None else width
+    budget = generation_config.max_new_tokens
+    budget = budget if budget is not None else generation_config.max_length - width
+    # The last new token is never fed back: a sequence may be one longer than the positions.
+    if longest_prompt + budget > max_positions + 1:
+        raise ValueError(
+            f"The prompt ({longest_prompt} tokens) plus max_new_tokens ({budget}) runs past the base's "
+            f"{max_positions} learned positions (max_position_embeddings): ask for at most "
+            f"{max_positions + 1 - longest_prompt} new tokens."
+        )
+
+
+def has_learned_positions(model: Any) -> bool:
+    """Whether the base looks positions up in a table (OPT, GPT-2, ...) rather than rotating (LLaMA, Qwen2, ...):
+    then positions past `max_position_embeddings` do not exist."""
+    return model.rotary_embedding is None
+
+
+# Recycle-mode calls on one model run one at a time: the fast path pools its caches on the model and redirects
+# layers while it decodes. Kept beside the model, not on it, so that a model still deep-copies and pickles.
+_GENERATION_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GENERATION_LOCKS_GUARD = threading.Lock()
+
+
+def generation_lock(model: Any) -> threading.RLock:
+    """The lock a recycle-mode `generate` call on `model` holds (re-entrant: a streamer may call generate)."""
+    with _GENERATION_LOCKS_GUARD:
+        lock = _GENERATION_LOCKS.get(model)
+        if lock is None:
+            lock = _GENERATION_LOCKS[model] = threading.RLock()
+        return lock
+
+
+def plain_verify_decoding(
+    model: Any, inputs: torch.Tensor | None, generation_config: GenerationConfig, streamer: Any, kwargs: dict[str, Any]
+) -> torch.LongTensor | RecycleGenerateOutput:
+    """Verify mode with k = 0: the base's own `generate`, returned as verify mode returns (with `recycle_stats`)."""
+    started = time.perf_counter()
+    output = model.base_lm.generate(inputs, generation_config=generation_config, streamer=streamer, **kwargs)
+    if not generation_config.return_dict_in_generate:
+        return output
+    input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+    new_ids = output.sequences[:, input_ids.shape[1]:]
+    eos = generation_config.eos_token_id
+    eos = model.generation_config.eos_token_id if eos is None else eos
+    eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), device=new_ids.device)
+    is_eos = (new_ids.unsqueeze(-1) == eos_ids).any(dim=-1) if eos_ids.numel() else torch.zeros_like(new_ids).bool()
+    first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, new_ids.shape[1])
+    tokens_per_row = first_eos.tolist()
+    stats = {
+        "base_forwards": new_ids.shape[1],
+        "row_base_forwards": sum(tokens_per_row),
+        "recycle_forwards": 0,
+        "new_tokens": sum(tokens_per_row),
+        "drafted_tokens": 0,
+        "accepted_drafts": 0,
+        "tokens_per_base_forward": 1.0,
+        "acceptance_rate": None,
+        "tokens_per_row": tokens_per_row,
+        "compile_seconds": 0.0,
+        "decoding_seconds": time.perf_counter() - started,
+        "batch_size": new_ids.shape[0],
+        "mode": "verify",
+        "num_draft_tokens": 0,
+        "decoding_path": "plain",
+    }
+    return RecycleGenerateOutput(**dict(output), recycle_stats=stats)
 
 
 def _compiles_like_transformers(
@@ -272,6 +411,8 @@ def recycle_decoding(
     attention_mask = model_kwargs.get("attention_mask")
     reason = None if recycle_cache_implementation != "dynamic" else "cache_implementation='dynamic' was asked for"
     reason = reason or static_path_obstacle(model, settings, recycle_drafter)
+    if reason is None and attention_mask is not None and not is_left_padding(attention_mask):
+        reason = "the attention mask is not left padding (a 0 after a 1; tokenizers pad left with padding_side='left')"
     if reason is not None and recycle_cache_implementation == "static":
         raise ValueError(f"cache_implementation='static' cannot decode this call: {reason}. Leave it unset to use the "
                          "reference loop.")
@@ -318,6 +459,11 @@ def static_path_obstacle(model: Any, settings: DecodingSettings, drafter: Recycl
     return None
 
 
+def is_left_padding(attention_mask: torch.Tensor) -> bool:
+    """Whether every row of a 2-D mask is zeros, then ones (the fast path lays rows out so)."""
+    return bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all())
+
+
 @functools.lru_cache(maxsize=None)
 def _log_reference_loop_once(reason: str) -> None:
     logger.info("Recycle decoding runs on the reference loop: %s.", reason)
@@ -328,6 +474,10 @@ __all__ = [
     "MAX_NUM_DRAFT_TOKENS",
     "check_drafter",
     "check_num_draft_tokens",
+    "check_recycle_prompt",
+    "check_token_ids",
+    "generation_lock",
+    "resolve_num_draft_tokens",
     "static_path_obstacle",
     "RECYCLE_MODES",
     "RecycleDecoder",

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BASE = "default"
 # The dtype names every command line and script accepts.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Files one of which a folder with a tokenizer holds.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # Loading also takes "auto": the dtype the weights were saved in.
 _LOAD_DTYPES: dict[str, torch.dtype | str] = {**DTYPES, "auto": "auto"}
 
@@ -131,6 +133,11 @@ def load_recycle_model(
         recycle_model = _from_pretrained(
             RecycleGPTForCausalLM.from_pretrained, model, "model", dtype=_LOAD_DTYPES[dtype]
         )
+        if Path(model).is_dir() and not any((Path(model) / name).is_file() for name in _TOKENIZER_FILES):
+            raise InputNotFoundError(
+                f"The model folder {model} has no tokenizer (`recycle-hf init` writes none): save the tokenizer of "
+                f"its vocabulary there, e.g. AutoTokenizer.from_pretrained(BASE).save_pretrained('{model}')."
+            )
         tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, model, "model's tokenizer")
         return recycle_model.to(device).eval(), ensure_pad_token(tokenizer)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .errors import InputNotFoundError, InvalidInputError
+from .modeling_recyclegpt import interrupted_save_version
 
 
 def is_hub_repo_id(name: str) -> bool:
@@ -36,10 +37,12 @@ def check_local_folder(name: str, what: str, required_file: str) -> None:
         return
     if path.exists():
         raise InvalidInputError(f"The {what} {path} is a file; give the folder that holds {required_file}.")
+    version = interrupted_save_version(path)
+    if version is not None:
+        raise InputNotFoundError(f"The {what} folder {path} does not exist: a save of it was interrupted. Its newest "
+                                 f"complete version is {version}; rename that folder to {path.name}.")
     if not is_hub_repo_id(name):
-        leftovers = sorted(path.parent.glob(f".{path.name}.old-*"))
-        hint = f" An interrupted save left its previous version at {leftovers[0]}: rename it back." if leftovers else ""
-        raise InputNotFoundError(f"The {what} folder {path} does not exist.{hint}")
+        raise InputNotFoundError(f"The {what} folder {path} does not exist.")
 
 
 __all__ = ["check_local_folder", "is_hub_repo_id"]

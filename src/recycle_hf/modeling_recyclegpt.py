@@ -18,7 +18,9 @@ import fnmatch
 import inspect
 import json
 import os
+import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -230,6 +232,13 @@ class RecycleGPTForCausalLM(RecycleGenerationMixin, RecycleGPTPreTrainedModel, G
         # Pickled weights can execute code when loaded: only safetensors are read.
         if kwargs.setdefault("use_safetensors", True) is not True:
             raise ValueError("RecycleGPT checkpoints load from safetensors only; pass use_safetensors=True (default).")
+        version = None if os.path.exists(pretrained_model_name_or_path) else interrupted_save_version(
+            pretrained_model_name_or_path)
+        if version is not None:
+            raise RecycleGPTCheckpointError(
+                f"{pretrained_model_name_or_path} does not exist: a save of it was interrupted. Its newest complete "
+                f"version is {version}; rename that folder to {Path(pretrained_model_name_or_path).name}."
+            )
         if os.path.isdir(pretrained_model_name_or_path):
             folder = os.path.join(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
             # Without this check a folder with no config.json would load the default (7B) config.
@@ -584,9 +593,91 @@ def _is_checkpoint_file(name: str) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in _CHECKPOINT_FILE_PATTERNS)
 
 
+# Hidden siblings of a target folder while it is saved, each named `.NAME.TAG-PID-TIME-RANDOM`: `saving` (being
+# written), `new` (complete, about to take the target's place), `old` (the previous version, complete, until it is
+# renamed `deleting` and removed). The process id tells a later save which leftovers belong to a save that died;
+# the time (ns, hex) orders versions.
+_SIBLING_NAME = re.compile(
+    r"^\.(?P<name>.+)\.(?P<tag>saving|new|old|deleting)-(?P<pid>\d+)-(?P<time>[0-9a-f]+)-[0-9a-f]+$"
+)
+
+
+_LEGACY_OLD = re.compile(r"^old-[0-9a-f]{12}$")
+
+
 def _sibling(target: Path, tag: str) -> Path:
     """An unused hidden name beside `target` (same filesystem, so renames between the two are atomic)."""
-    return target.with_name(f".{target.name}.{tag}-{uuid.uuid4().hex[:12]}")
+    return target.with_name(f".{target.name}.{tag}-{os.getpid()}-{time.time_ns():x}-{uuid.uuid4().hex[:8]}")
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale_siblings(target: str | os.PathLike) -> list[Path]:
+    """Remove the hidden folders that saves of `target` left when they died (a killed process cannot clean up);
+    never those of a save that still runs (its process is alive) or of this process. Returns what was removed."""
+    target = Path(os.path.realpath(target))
+    if os.name != "posix" or not target.parent.is_dir():
+        return []  # liveness by process id is checked with kill(pid, 0), which means something else on Windows
+    removed = []
+    for entry in target.parent.iterdir():
+        match = _SIBLING_NAME.match(entry.name)
+        if match is None or match["name"] != target.name:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _process_is_alive(pid):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    if removed:
+        logger.info("Removed %d folders that interrupted saves of %s left behind.", len(removed), target)
+    return removed
+
+
+def _holds_complete_weights(folder: Path) -> bool:
+    """A folder with a config and whole safetensors weights (every shard its index names, none truncated)."""
+    if not any((folder / name).is_file() for name in ("config.json", "adapter_config.json")):
+        return False
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return False
+    index = folder / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+            if not all((folder / shard).is_file() for shard in shards):
+                return False
+        for path in weights:
+            check_safetensors_file(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecycleGPTCheckpointError):
+        return False
+    return True
+
+
+def interrupted_save_version(target: str | os.PathLike) -> Path | None:
+    """Where `target` is missing because a save was interrupted between its renames: the newest complete version
+    beside it (the new one, if it was written whole, else the previous one), or None."""
+    target = Path(os.path.realpath(target))
+    if not target.parent.is_dir():
+        return None
+    candidates = []
+    for entry in target.parent.iterdir():
+        match = _SIBLING_NAME.match(entry.name)
+        if match is not None and match["name"] == target.name and match["tag"] in ("new", "old"):
+            candidates.append((int(match["time"], 16), entry))
+        elif entry.name.startswith(f".{target.name}.old-") and _LEGACY_OLD.match(entry.name[len(target.name) + 2:]):
+            candidates.append((entry.stat().st_mtime_ns, entry))  # named by recycle-hf before December 2026
+    for _, entry in sorted(candidates, reverse=True):
+        if entry.is_dir() and _holds_complete_weights(entry):
+            return entry
+    return None
 
 
 @contextlib.contextmanager
@@ -594,7 +685,8 @@ def staged_folder(target: str | os.PathLike, replaced: Callable[[str], bool] = l
     """A fresh empty folder beside `target`: write the complete new version into it inside the `with` block.
 
     When the block ends without an error the folder is published over `target` (`publish_folder`, which see for
-    `replaced`); the staging folder is removed in every case, so a failed write leaves `target` as it was.
+    `replaced`); the staging folder is removed in every case, so a failed write leaves `target` as it was. After a
+    successful publish, what earlier saves of `target` left when they were killed is removed.
     """
     # The real path: a symlinked target is replaced behind its link, and staging lies beside the real folder.
     target = Path(os.path.realpath(target))
@@ -606,6 +698,7 @@ def staged_folder(target: str | os.PathLike, replaced: Callable[[str], bool] = l
         publish_folder(staging, target, replaced)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # already gone after a successful publish
+    remove_stale_siblings(target)
 
 
 def publish_folder(staging: Path, target: Path, replaced: Callable[[str], bool] = lambda name: True) -> None:
@@ -617,14 +710,16 @@ def publish_folder(staging: Path, target: Path, replaced: Callable[[str], bool] 
     to the old version (e.g. weight shards that the new one no longer has) and go with it. By default every entry
     does: the new folder replaces the old one whole.
 
-    Steps, and what a failure at each leaves (a raised error; a killed process leaves the same, plus the staging
-    folder, hidden beside `target`):
-    1. carry the entries, copy the folder's permissions onto staging: `target` untouched;
-    2. rename `target` to a hidden `.NAME.old-*` beside it: nothing has moved;
-    3. rename `staging` to `target`: on an error the old folder is renamed back, so `target` is the old version;
-       only if that fails too (or the process dies between steps 2 and 3) is `target` missing, and the old version
-       lies complete at `.NAME.old-*` (the error names it): rename it back by hand;
-    4. delete the old folder: `target` is the new version already; a leftover is logged, not raised.
+    Steps, and what a failure at each leaves (a raised error; a killed process leaves the same, plus hidden folders
+    beside `target` that the next save of it removes):
+    1. carry the entries, copy the folder's permissions onto staging, rename it `.NAME.new-*` (complete): `target`
+       untouched;
+    2. rename `target` to `.NAME.old-*`: nothing has moved;
+    3. rename `.NAME.new-*` to `target`: on an error the old folder is renamed back, so `target` is the old version;
+       only if that fails too (or the process dies between steps 2 and 3) is `target` missing, and both versions
+       lie complete beside it; loading `target` then names the newest (`interrupted_save_version`);
+    4. rename the old folder `.NAME.deleting-*` and delete it: `target` is the new version already; a leftover is
+       logged, not raised. (A `.old-*` folder is never partly deleted, so it can always be restored.)
     Nothing else may write into `target` meanwhile: what it wrote could land in the old folder.
     """
     target = Path(os.path.realpath(target))
@@ -635,15 +730,21 @@ def publish_folder(staging: Path, target: Path, replaced: Callable[[str], bool] 
         if not replaced(entry.name) and not os.path.lexists(staging / entry.name):
             _carry(entry, staging / entry.name)
     shutil.copymode(target, staging)
+    complete = _sibling(target, "new")
+    os.replace(staging, complete)
     # A process working inside `target` would be left in the deleted old folder: it follows the new one.
     working_directory = None
     with contextlib.suppress(OSError):  # the process may have no working directory at all
         if Path(os.getcwd()).is_relative_to(target):
             working_directory = os.getcwd()
     old = _sibling(target, "old")
-    os.replace(target, old)
     try:
-        os.replace(staging, target)
+        os.replace(target, old)
+    except BaseException:
+        shutil.rmtree(complete, ignore_errors=True)
+        raise
+    try:
+        os.replace(complete, target)
     except BaseException as error:
         try:
             os.replace(old, target)
@@ -652,14 +753,17 @@ def publish_folder(staging: Path, target: Path, replaced: Callable[[str], bool] 
                 f"Publishing {target} failed ({error!r}) and the previous version could not be put back: it is "
                 f"complete at {old}; rename it to {target.name}."
             ) from error
+        shutil.rmtree(complete, ignore_errors=True)
         raise
     if working_directory is not None:
         with contextlib.suppress(OSError):
             os.chdir(working_directory)
     try:
-        shutil.rmtree(old)
+        deleting = _sibling(target, "deleting")
+        os.replace(old, deleting)
+        shutil.rmtree(deleting)
     except OSError as error:
-        logger.warning("Published %s; could not delete the previous version at %s (%s).", target, old, error)
+        logger.warning("Published %s; could not delete the previous version beside it (%s).", target, error)
 
 
 def publish_checkpoint(staging: Path, target: Path) -> None:
@@ -692,8 +796,10 @@ __all__ = [
     "RecycleGPTPreTrainedModel",
     "RecycleModule",
     "check_safetensors_file",
+    "interrupted_save_version",
     "positions_from_attention_mask",
     "publish_checkpoint",
     "publish_folder",
+    "remove_stale_siblings",
     "staged_folder",
 ]

@@ -53,21 +53,21 @@ class RecycleDrafter(Protocol):
     """Who proposes the drafts of the reference loop (transformers' `CandidateGenerator` idea).
 
     `draft` returns (tokens [B, n], processed scores [B, n, V], probabilities [B, n, V] or None when greedy);
-    `update` hears, after each verification, how many of the `num_drafts` drafts each row kept.
+    `update` hears, after each verification, how many of the `num_draft_tokens` drafts each row kept.
     """
 
-    def draft(self, decoder: RecycleDecoder, num_drafts: int) -> Drafts: ...
+    def draft(self, decoder: RecycleDecoder, num_draft_tokens: int) -> Drafts: ...
 
-    def update(self, decoder: RecycleDecoder, num_drafts: int, accepted: list[int]) -> None: ...
+    def update(self, decoder: RecycleDecoder, num_draft_tokens: int, accepted: list[int]) -> None: ...
 
 
 class ModuleDrafter:
     """The default drafter: the recyclable module, reading true base states (`RecycleDecoder.module_draft`)."""
 
-    def draft(self, decoder: RecycleDecoder, num_drafts: int) -> Drafts:
-        return decoder.module_draft(num_drafts)
+    def draft(self, decoder: RecycleDecoder, num_draft_tokens: int) -> Drafts:
+        return decoder.module_draft(num_draft_tokens)
 
-    def update(self, decoder: RecycleDecoder, num_drafts: int, accepted: list[int]) -> None:
+    def update(self, decoder: RecycleDecoder, num_draft_tokens: int, accepted: list[int]) -> None:
         pass
 
 

@@ -147,8 +147,12 @@ class StaticRecycleDecoder:
         self.not_padding = torch.ones(batch_size, num_slots, dtype=torch.bool, device=device)
         self.not_padding[:, :prompt_width] = attention_mask.bool()
         self.padding_counts = prompt_width - attention_mask.long().sum(dim=1)
+        # Rotary positions go on past max_position_embeddings, as in plain decoding. A table of learned positions
+        # ends there (generate refuses calls that would need more): only slots no output depends on, drafts past
+        # the token budget, are clamped into it.
         max_positions = getattr(model.config.base_config, "max_position_embeddings", None)
-        self.max_position = (max_positions or num_slots) - 1
+        learned = model.rotary_embedding is None and max_positions
+        self.max_position = max_positions - 1 if learned else None
         self.base_cache, self.module_cache = static_caches(model, batch_size, num_slots, device)
         self.attention_implementation = model.config.base_config._attn_implementation
         self.state_dtype = model.get_output_embeddings().weight.dtype

@@ -20,7 +20,7 @@ from .timing import synchronize
 COMPARATOR_MODES = ("hf_generate", "hf_static_compiled", "hf_prompt_lookup")
 # transformers' prompt-lookup decoding: candidate tokens copied from the prompt (its own default length).
 PROMPT_LOOKUP_TOKENS = 10
-DEFAULT_DRAFT_TOKEN_COUNTS = (1, 2, 3, 4, 5)
+DEFAULT_NUM_DRAFT_TOKENS_SWEEP = (1, 2, 3, 4, 5)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class DecodingMode:
 
 
 def decoding_modes(
-    draft_token_counts: Sequence[int] = DEFAULT_DRAFT_TOKEN_COUNTS, static_compiled: bool = True
+    num_draft_tokens: Sequence[int] = DEFAULT_NUM_DRAFT_TOKENS_SWEEP, static_compiled: bool = True
 ) -> list[DecodingMode]:
     """The modes of a speed run, comparators first: transformers' `generate`, its static-cache compiled path and its
     prompt-lookup decoding; our `recycle_mode=None`; `alternate` and `verify` (each draft count and "auto") on the
@@ -53,7 +53,7 @@ def decoding_modes(
     modes.append(DecodingMode("hf_prompt_lookup", comparator=True, prompt_lookup=True))
     modes.append(DecodingMode("recycle_none"))
     recycle = [("alternate", "alternate", 1)]
-    recycle += [(f"verify_k{k}", "verify", k) for k in draft_token_counts] + [("verify_auto", "verify", "auto")]
+    recycle += [(f"verify_k{k}", "verify", k) for k in num_draft_tokens] + [("verify_auto", "verify", "auto")]
     for name, recycle_mode, num_draft_tokens in recycle:
         modes.append(DecodingMode(name, recycle_mode=recycle_mode, num_draft_tokens=num_draft_tokens))
     for name, recycle_mode, num_draft_tokens in recycle:

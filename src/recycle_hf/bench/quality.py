@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..distill import continuation_lengths
+from ..draft_length_recyclegpt import check_num_draft_tokens
 from ..loading import pad_token_id
 from ..modeling_recyclegpt import RecycleGPTForCausalLM
 from .checks import compare_outputs
@@ -96,14 +97,14 @@ def continuation_attention_mask(
 
 # The quality benchmark scores verify mode at fixed draft lengths (acceptance by k is what it reports); `generate`'s
 # own default, "auto", is a per-machine speed choice and would make the scores depend on the machine.
-DEFAULT_QUALITY_DRAFT_TOKENS = (3,)
+DEFAULT_QUALITY_NUM_DRAFT_TOKENS = (3,)
 
 
 @dataclass
 class QualitySettings:
     max_new_tokens: int = 128
     batch_size: int = 8
-    draft_token_counts: tuple[int, ...] = DEFAULT_QUALITY_DRAFT_TOKENS
+    num_draft_tokens: tuple[int, ...] = DEFAULT_QUALITY_NUM_DRAFT_TOKENS
     sample_continuations: bool = False
     seed: int = 0
 
@@ -111,8 +112,11 @@ class QualitySettings:
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if not self.draft_token_counts or min(self.draft_token_counts) < 1:
-            raise ValueError(f"draft_token_counts must be positive, got {self.draft_token_counts}.")
+        if not self.num_draft_tokens or "auto" in self.num_draft_tokens:
+            raise ValueError(f"num_draft_tokens must be integers (auto is a mode of its own), got "
+                             f"{self.num_draft_tokens}.")
+        for value in self.num_draft_tokens:
+            check_num_draft_tokens(value)
 
 
 def run_quality_benchmark(
@@ -127,8 +131,8 @@ def run_quality_benchmark(
     eos_token_ids = eos_token_ids_of(model)
     pad_id = pad_token_id(tokenizer)
     totals = QualityTotals()
-    verify_stats = {k: defaultdict(int) for k in settings.draft_token_counts}
-    mismatched_prompts = {k: [] for k in settings.draft_token_counts}
+    verify_stats = {k: defaultdict(int) for k in settings.num_draft_tokens}
+    mismatched_prompts = {k: [] for k in settings.num_draft_tokens}
     batches = [prompts[start : start + settings.batch_size] for start in range(0, len(prompts), settings.batch_size)]
     for batch_index, batch_prompts in enumerate(tqdm(batches, desc="quality", unit="batch")):
         batch = encode_chat_prompts(tokenizer, batch_prompts, model.device)
@@ -137,7 +141,7 @@ def run_quality_benchmark(
         )
         with torch.inference_mode():
             plain = model.generate(batch.input_ids, recycle_mode=None, do_sample=False, **common)
-            for k in settings.draft_token_counts:
+            for k in settings.num_draft_tokens:
                 verify = model.generate(
                     batch.input_ids,
                     recycle_mode="verify",

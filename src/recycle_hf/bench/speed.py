@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..draft_length_recyclegpt import check_num_draft_tokens
 from .checks import compare_outputs, merged_checks
 from .environment import environment_info
 from .measurements import (
@@ -33,7 +34,7 @@ from .measurements import (
 from .models import BenchmarkModel, generation_setting
 from .modes import (
     COMPARATOR_MODES,
-    DEFAULT_DRAFT_TOKEN_COUNTS,
+    DEFAULT_NUM_DRAFT_TOKENS_SWEEP,
     DecodingMode,
     GenerationRun,
     decoding_modes,
@@ -56,7 +57,7 @@ class SpeedSettings:
     """What a speed run measures. `static_compile=None` means: on CUDA only (compiling on the CPU is slow)."""
 
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-    draft_token_counts: tuple[int, ...] = DEFAULT_DRAFT_TOKEN_COUNTS
+    num_draft_tokens: tuple[int, ...] = DEFAULT_NUM_DRAFT_TOKENS_SWEEP
     mode_names: tuple[str, ...] | None = None
     max_new_tokens: int = 64
     repeats: int = 3
@@ -79,8 +80,11 @@ class SpeedSettings:
             raise ValueError(f"warmup must be 0 or more, got {self.warmup}.")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch sizes must be positive integers, got {self.batch_sizes}.")
-        if not self.draft_token_counts or min(self.draft_token_counts) < 1:
-            raise ValueError(f"draft token counts must be positive integers, got {self.draft_token_counts}.")
+        if not self.num_draft_tokens or "auto" in self.num_draft_tokens:
+            raise ValueError(f"num_draft_tokens must be integers (auto is a mode of its own), got "
+                             f"{self.num_draft_tokens}.")
+        for value in self.num_draft_tokens:
+            check_num_draft_tokens(value)
 
     def resolved_warmup(self, device: torch.device) -> int:
         # Compiled CUDA graphs are recorded over the first calls: accelerators need more warm-up than the CPU.
@@ -109,7 +113,7 @@ class SpeedBenchmark:
 
     def _select_modes(self) -> list[DecodingMode]:
         static_compile = self.settings.resolved_static_compile(self.device)
-        available = decoding_modes(self.settings.draft_token_counts, static_compiled=static_compile)
+        available = decoding_modes(self.settings.num_draft_tokens, static_compiled=static_compile)
         if self.settings.mode_names is None:
             return available
         by_name = {mode.name: mode for mode in available}
@@ -117,7 +121,7 @@ class SpeedBenchmark:
         if unknown:
             raise ValueError(
                 f"Unknown or disabled mode(s) {unknown}. Available: {', '.join(by_name)} (hf_static_compiled needs "
-                "--static-compile on the CPU; verify_kN needs N in --draft-tokens)."
+                "--static-compile on the CPU; verify_kN needs N in --num-draft-tokens)."
             )
         # hf_generate is the reference of every ratio: always measured.
         names = ["hf_generate", *[name for name in self.settings.mode_names if name != "hf_generate"]]

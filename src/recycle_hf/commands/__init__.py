@@ -7,6 +7,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ..draft_length_recyclegpt import check_num_draft_tokens
+
 
 def bounded(
     kind: type[int] | type[float], minimum: float, maximum: float | None = None, exclusive_minimum: bool = False
@@ -38,6 +40,30 @@ positive_int = bounded(int, 1)
 positive_float = bounded(float, 0, exclusive_minimum=True)
 non_negative_float = bounded(float, 0)
 fraction = bounded(float, 0, 1)
+
+
+def num_draft_tokens_option(text: str) -> int | str:
+    """`--num-draft-tokens`: "auto" or an integer, checked as `generate` checks `num_draft_tokens`."""
+    value: int | str = text
+    if text != "auto":
+        try:
+            value = int(text)
+        except ValueError:
+            value = text
+    try:
+        check_num_draft_tokens(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).rstrip(".")) from None
+    return value
+
+
+def num_draft_tokens_list(text: str) -> tuple[int, ...]:
+    """`--num-draft-tokens 1,2,3` of the benchmarks: integers, each checked as `generate` checks one."""
+    values = tuple(num_draft_tokens_option(part.strip()) for part in text.split(",") if part.strip())
+    if not values or "auto" in values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,3, got {text!r} (the "
+                                         "benchmarks measure 'auto' as a mode of its own)")
+    return values
 
 
 def option_values(args: argparse.Namespace, *names: str) -> dict[str, Any]:

@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 
 from ..bench.models import BENCHMARK_SHAPES, BenchmarkModel, load_benchmark_model
-from ..bench.modes import DEFAULT_DRAFT_TOKEN_COUNTS
+from ..bench.modes import DEFAULT_NUM_DRAFT_TOKENS_SWEEP
 from ..bench.prompts import prompt_texts
-from ..bench.quality import DEFAULT_QUALITY_DRAFT_TOKENS, QualitySettings, run_quality_benchmark
+from ..bench.quality import DEFAULT_QUALITY_NUM_DRAFT_TOKENS, QualitySettings, run_quality_benchmark
 from ..bench.report import quality_markdown, speed_markdown, write_quality_results, write_speed_results
 from ..bench.speed import DEFAULT_BATCH_SIZES, SpeedSettings, run_speed_benchmark
 from ..loading import DTYPES
-from . import option_values
+from . import num_draft_tokens_list, option_values
 
 
 HELP = (
@@ -87,7 +87,8 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     parser.add_argument("--batch-sizes", type=_positive_int_list, default=DEFAULT_BATCH_SIZES, help="e.g. 1,4,16")
     parser.add_argument(
-        "--draft-tokens", type=_positive_int_list, default=DEFAULT_DRAFT_TOKEN_COUNTS, help="verify-mode k values"
+        "--num-draft-tokens", type=num_draft_tokens_list, default=DEFAULT_NUM_DRAFT_TOKENS_SWEEP,
+        help="verify-mode k values"
     )
     parser.add_argument(
         "--modes",
@@ -118,7 +119,7 @@ def run_speed_command(args: argparse.Namespace) -> int:
     settings = SpeedSettings(
         **option_values(args, "batch_sizes", "max_new_tokens", "repeats", "warmup", "prompt_length", "seed",
                         "acceptance_from", "prompt_sets", "prompts_file"),
-        draft_token_counts=args.draft_tokens,
+        num_draft_tokens=args.num_draft_tokens,
         mode_names=args.modes,
         do_sample=args.sample,
         static_compile={"auto": None, "on": True, "off": False}[args.static_compile],
@@ -138,10 +139,10 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="continuation length per prompt")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
-        "--draft-tokens",
-        type=_positive_int_list,
-        default=DEFAULT_QUALITY_DRAFT_TOKENS,
-        help=f"verify-mode k values, e.g. 1,2,3,4 (default: {','.join(map(str, DEFAULT_QUALITY_DRAFT_TOKENS))})",
+        "--num-draft-tokens",
+        type=num_draft_tokens_list,
+        default=DEFAULT_QUALITY_NUM_DRAFT_TOKENS,
+        help=f"verify-mode k values, e.g. 1,2,3,4 (default: {','.join(map(str, DEFAULT_QUALITY_NUM_DRAFT_TOKENS))})",
     )
     parser.add_argument(
         "--sample-continuations", action="store_true", help="score sampled (not greedy) base continuations"
@@ -155,7 +156,7 @@ def run_quality_command(args: argparse.Namespace) -> int:
         )
     settings = QualitySettings(
         **option_values(args, "max_new_tokens", "batch_size", "sample_continuations", "seed"),
-        draft_token_counts=args.draft_tokens,
+        num_draft_tokens=args.num_draft_tokens,
     )
     settings.validate()
     prompts, source = prompt_texts(args.prompts_file)

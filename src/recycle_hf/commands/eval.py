@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..errors import InputNotFoundError
+
 
 HELP = (
     "Evaluate with lm-evaluation-harness (all lm_eval flags): --model recyclegpt "
@@ -13,8 +15,7 @@ HELP = (
 
 def main(argv: list[str]) -> int:
     if importlib.util.find_spec("lm_eval") is None:
-        print("recycle-hf eval needs lm-evaluation-harness: pip install 'recycle-hf[eval]'")
-        return 1
+        raise InputNotFoundError("recycle-hf eval needs lm-evaluation-harness: pip install 'recycle-hf[eval]'")
     from ..eval.cli import main as lm_eval_main
 
     return lm_eval_main(argv)

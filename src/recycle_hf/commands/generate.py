@@ -11,7 +11,7 @@ from transformers import CompileConfig, TextStreamer
 from ..distill import format_prompt
 from ..generation_recyclegpt import DEFAULT_NUM_DRAFT_TOKENS, resolve_recycle_mode
 from ..loading import add_recycle_model_arguments, load_recycle_model_from_args
-from . import bounded, positive_float, positive_int
+from . import bounded, num_draft_tokens_option, positive_float, positive_int
 
 
 WARMUP_TOKENS = 16
@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["verify", "alternate", "none"], default="verify",
                         help="verify: lossless draft-and-verify (default); alternate: the paper's lossy schedule; "
                              "none: plain decoding")
-    parser.add_argument("--num-draft-tokens", type=_draft_count, default=DEFAULT_NUM_DRAFT_TOKENS,
-                        help="verify mode's drafts per base forward: an integer >= 1, or auto")
+    parser.add_argument("--num-draft-tokens", type=num_draft_tokens_option, default=DEFAULT_NUM_DRAFT_TOKENS,
+                        help="verify mode's drafts per base forward: auto, or an integer from 0 (plain decoding) to 16")
     parser.add_argument("--max-new-tokens", type=positive_int, default=128)
     parser.add_argument("--compare", action="store_true", help="also run plain decoding and print the speed ratio")
     parser.add_argument("--compile", action="store_true",
@@ -37,10 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=positive_int, default=None)
     parser.add_argument("--top-p", type=bounded(float, 0, 1, exclusive_minimum=True), default=None)
     parser.add_argument("--seed", type=int, default=0)
-
-
-def _draft_count(text: str) -> int | str:
-    return text if text == "auto" else positive_int(text)
 
 
 def _sampling_arguments(args: argparse.Namespace) -> dict:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..errors import InputNotFoundError, InvalidInputError
 from ..graft import DEFAULT_GRAFT_INIT, GRAFT_INITS
 from ..presets import PRESETS
 from ..pretraining import (
@@ -104,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _print_memory_estimate(args: argparse.Namespace) -> None:
     config = model_config_for_pretraining(args.preset, args.model)
     if not hasattr(config, "base_config"):
-        raise SystemExit("--estimate-memory needs --preset or a RecycleGPT checkpoint as --model.")
+        raise InvalidInputError("--estimate-memory needs --preset or a RecycleGPT checkpoint as --model.")
     counts = count_parameters(config)
     num_gpus = args.estimate_memory
     print(
@@ -158,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.output is None or args.max_steps is None or (args.data is None and args.dataset is None):
             raise ValueError("--output, --max-steps and --data (or --dataset) are required.")
+        if Path(args.output).is_file():
+            raise ValueError(f"--output {args.output} is a file; give a folder path for the model.")
         if args.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1 (a streamed corpus has no length), got {args.max_steps}.")
         if args.data is not None:
@@ -182,8 +186,10 @@ def run(args: argparse.Namespace) -> int:
         model = build_pretraining_model(
             args.preset, args.model, adapter=args.adapter, num_layers=args.num_layers, init=args.init, seed=args.seed
         )
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"recycle-hf pretrain: error: {error}") from error
+    except ValueError as error:  # reported in one line with status 2, as every command's user errors
+        raise error if isinstance(error, InvalidInputError) else InvalidInputError(str(error)) from error
+    except OSError as error:
+        raise error if isinstance(error, InputNotFoundError) else InputNotFoundError(str(error)) from error
 
     trainer = JointTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer)
     result = trainer.train(resume_from_checkpoint=resume)

@@ -6,7 +6,8 @@ import os
 import sys
 from argparse import Namespace
 
-from . import TASKS_DIR
+from ..errors import InvalidInputError
+from . import LOCAL_TASKS, TASKS_DIR
 
 
 def _with_package_tasks(args: Namespace) -> Namespace:
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args()
         parser.execute(_with_package_tasks(args))
+    except ValueError as error:
+        if str(error).startswith("Tasks not found"):  # lm-eval's word for unknown task names
+            raise InvalidInputError(f"{error}; `recycle-hf eval ls tasks` lists them (this package's: "
+                                    f"{', '.join(LOCAL_TASKS)}, recyclegpt_suite, recyclegpt_suite_local).") from error
+        raise
     except SystemExit as exit_request:  # --help, argparse errors
         code = exit_request.code
         return code if isinstance(code, int) else (0 if code is None else 1)

@@ -29,7 +29,10 @@ from lm_eval.models.utils import resolve_max_length
 
 from ..bench.quality import alternating_schedule_mask
 from ..configuration_recyclegpt import RecycleGPTConfig
+from ..draft_length_recyclegpt import check_num_draft_tokens
+from ..errors import InputNotFoundError, InvalidInputError
 from ..loading import DEFAULT_BASE, default_adapter
+from ..local_folders import check_local_folder
 from ..modeling_recyclegpt import RecycleGPTForCausalLM
 
 
@@ -84,7 +87,7 @@ class RecycleGPTLM(HFLM):
             and a recycle adapter (folder or hub id) saved with `save_adapter`. `base=default` is the embedded
             SmolLM2-135M-Instruct, whose adapter defaults to the shipped one.
         mode: "std" (default), "rec" or "verify".
-        num_draft_tokens: drafts per base forward in verify mode (default: the model's).
+        num_draft_tokens: drafts per base forward in verify mode, "auto" or 0 to 16 (default: the model's).
         Everything else is HFLM's (`dtype`, `batch_size`, `max_length`, `device`, `trust_remote_code`, ...).
     """
 
@@ -94,25 +97,35 @@ class RecycleGPTLM(HFLM):
         base: str | None = None,
         adapter: str | None = None,
         mode: str = "std",
-        num_draft_tokens: int | None = None,
+        num_draft_tokens: int | str | None = None,
         **kwargs: Any,
     ) -> None:
         if mode not in EVAL_MODES:
-            raise ValueError(f"mode={mode!r} is not an evaluation mode; use one of {', '.join(EVAL_MODES)}.")
+            raise InvalidInputError(f"mode={mode!r} is not an evaluation mode; use one of {', '.join(EVAL_MODES)}.")
         if kwargs.get("backend", "causal") not in ("causal", "default"):
-            raise ValueError("RecycleGPT models are decoder-only: leave out backend= or pass backend=causal.")
+            raise InvalidInputError("RecycleGPT models are decoder-only: leave out backend= or pass backend=causal.")
         kwargs["backend"] = "causal"
-        if num_draft_tokens is not None and (not isinstance(num_draft_tokens, int) or num_draft_tokens < 1):
-            raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}.")
+        if num_draft_tokens is not None:
+            check_num_draft_tokens(num_draft_tokens)
         self.mode = mode
         self.num_draft_tokens = num_draft_tokens
         self.adapter = _check_model_source(pretrained, base, adapter)
         if base == DEFAULT_BASE:
             base = str(_default_base_dir())
-        super().__init__(pretrained=pretrained if pretrained is not None else base, **kwargs)
+        for name, what, required in ((pretrained, "model", "config.json"), (base, "base", "config.json"),
+                                     (self.adapter, "adapter", "adapter_config.json")):
+            if isinstance(name, str):  # a path that is no folder fails here in one line, not as a Hub repo id
+                check_local_folder(name, what, required)
+        try:
+            super().__init__(pretrained=pretrained if pretrained is not None else base, **kwargs)
+        except OSError as error:  # no such Hub repository, no network: a problem with the name given
+            if isinstance(error, InputNotFoundError):
+                raise
+            name = pretrained if pretrained is not None else base
+            raise InputNotFoundError(f"Could not load {name!r}: {str(error).splitlines()[0]}") from error
         # By model type, not class: a checkpoint loaded with trust_remote_code brings its own copy of the class.
         if getattr(self.model.config, "model_type", None) != RecycleGPTConfig.model_type:
-            raise ValueError(
+            raise InvalidInputError(
                 f"pretrained={pretrained!r} is a {type(self.model).__name__}, not a RecycleGPT model. Pass a "
                 "RecycleGPT checkpoint, or base=<base model>,adapter=<recycle adapter folder>; for the plain base use "
                 "lm-eval's `hf` model."
@@ -227,11 +240,11 @@ def shared_requests_share_boundaries(requests: list[tuple[tuple[str, str], list[
 def _check_model_source(pretrained: Any, base: str | None, adapter: str | None) -> str | None:
     """Validate the pretrained / base + adapter combination; returns the adapter (folder or hub id) to load, if any."""
     if pretrained is not None and (base is not None or adapter is not None):
-        raise ValueError(
+        raise InvalidInputError(
             "Pass either pretrained=<RecycleGPT checkpoint> or base=<base model>,adapter=<folder>, not both."
         )
     if pretrained is None and base is None:
-        raise ValueError(
+        raise InvalidInputError(
             "Name the model: pretrained=<RecycleGPT checkpoint>, or base=<base model>,adapter=<recycle adapter folder> "
             f"(base={DEFAULT_BASE} is the embedded SmolLM2-135M-Instruct with its shipped adapter)."
         )
@@ -241,7 +254,9 @@ def _check_model_source(pretrained: Any, base: str | None, adapter: str | None) 
         return adapter
     adapter = default_adapter(base)
     if adapter is None:
-        raise ValueError(f"base={base!r} needs adapter=<recycle adapter folder or hub id> (saved with save_adapter).")
+        raise InvalidInputError(
+            f"base={base!r} needs adapter=<recycle adapter folder or hub id> (saved with save_adapter)."
+        )
     return adapter
 
 
