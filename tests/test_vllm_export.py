@@ -1,5 +1,5 @@
 """`recycle-hf export vllm` without vLLM: the draft folder's layout, and bad input refused before anything is written.
-The folder served by vLLM itself is tested in tests/vllm (the vLLM environment)."""
+The folder served by vLLM itself is tested in tests/with_vllm (the vLLM environment)."""
 
 import json
 
@@ -91,3 +91,17 @@ def test_bad_input_is_one_line_and_nothing_is_written(trained, tmp_path, capsys)
     assert "serves bases of the families llama, qwen2, qwen3" in line and "'opt'" in line
     assert not output.exists() and not (tmp_path / "draft-base").exists()
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".draft")]
+
+
+def test_distill_with_the_vllm_engine_needs_vllm_here(tmp_path, capsys):
+    pytest.importorskip("lm_eval")  # any main-environment package; vLLM is never installed beside it
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: tests/with_vllm runs the engine")
+    (tmp_path / "prompts.txt").write_text("hello\n")
+    assert main(["distill", "--prompts", str(tmp_path / "prompts.txt"), "--output", str(tmp_path / "out.jsonl"),
+                 "--engine", "vllm"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("recycle-hf distill")]
+    assert len(lines) == 1 and "--engine vllm needs vLLM in this environment" in lines[0]
+    assert not (tmp_path / "out.jsonl").exists()

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -62,7 +63,12 @@ def continuation_lengths(new_tokens: torch.Tensor, eos_token_ids: Sequence[int])
 def end_of_turn_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Tokens that end a turn: the generation config's eos tokens (a chat model's end-of-turn token is often one of
     several, e.g. Llama 3's <|eot_id|>) and the tokenizer's eos token."""
-    configured = getattr(model.generation_config, "eos_token_id", None)
+    return end_of_turn_ids(model.generation_config, tokenizer)
+
+
+def end_of_turn_ids(generation_config: Any, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """`end_of_turn_token_ids` from a generation config (for engines that have no transformers model)."""
+    configured = getattr(generation_config, "eos_token_id", None)
     configured = [] if configured is None else configured if isinstance(configured, list) else [configured]
     tokenizer_eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     return list(dict.fromkeys(int(token) for token in configured + tokenizer_eos))

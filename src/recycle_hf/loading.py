@@ -88,9 +88,11 @@ def _from_pretrained(load: Callable[..., Any], name: str, what: str, **kwargs: A
 
 
 def load_base(
-    base: str = DEFAULT_BASE, gguf_file: str | None = None, dtype: str = "float32", device: str = "cpu"
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A base causal LM and its tokenizer; `base="default"` is the embedded SmolLM2-135M-Instruct."""
+    base: str = DEFAULT_BASE, gguf_file: str | None = None, dtype: str = "float32", device: str = "cpu",
+    with_tokenizer: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """A base causal LM and its tokenizer (None with `with_tokenizer=False`, for work that needs none);
+    `base="default"` is the embedded SmolLM2-135M-Instruct."""
     torch_dtype = _LOAD_DTYPES[dtype]
     if base == DEFAULT_BASE:
         model, tokenizer = load_default_base(dtype=torch.float32 if torch_dtype == "auto" else torch_dtype)
@@ -101,8 +103,10 @@ def load_base(
             check_safetensors_file(weights)
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         model = _from_pretrained(AutoModelForCausalLM.from_pretrained, base, "base", dtype=torch_dtype, **extra)
-        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, base, "base's tokenizer", **extra)
-    return model.to(device).eval(), ensure_pad_token(tokenizer)
+        tokenizer = None
+        if with_tokenizer:
+            tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, base, "base's tokenizer", **extra)
+    return model.to(device).eval(), ensure_pad_token(tokenizer) if tokenizer is not None else None
 
 
 def load_base_from_args(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -126,8 +130,10 @@ def load_recycle_model(
     gguf_file: str | None = None,
     dtype: str = "float32",
     device: str = "cpu",
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A RecycleGPT model and tokenizer: a merged checkpoint (`model`), or `base` plus `adapter`."""
+    with_tokenizer: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """A RecycleGPT model and tokenizer: a merged checkpoint (`model`), or `base` plus `adapter` (the base's tokenizer
+    only `with_tokenizer`)."""
     if model is not None:
         check_local_folder(model, "model", "config.json")
         recycle_model = _from_pretrained(
@@ -150,7 +156,7 @@ def load_recycle_model(
             )
     adapter_folder = resolve_adapter_folder(adapter)
     read_adapter_config(adapter_folder)
-    base_model, tokenizer = load_base(base, gguf_file, dtype, device)
+    base_model, tokenizer = load_base(base, gguf_file, dtype, device, with_tokenizer=with_tokenizer)
     recycle_model = load_recycle_adapter(base_model, adapter_folder)
     return recycle_model.to(device).eval(), tokenizer
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 
 from transformers import set_seed
 
 from ..distill import distill_continuations, read_prompts
-from ..loading import add_base_arguments, load_base_from_args
+from ..errors import InputNotFoundError
+from ..loading import DEFAULT_BASE, add_base_arguments, load_base_from_args
+from ..local_folders import check_local_folder
 from . import positive_float, positive_int
 
 
@@ -26,10 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=positive_float, default=None)
     parser.add_argument("--limit", type=positive_int, default=None, help="use only the first N prompts")
     parser.add_argument("--seed", type=int, default=0, help="random seed (makes --do-sample reproducible)")
+    parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                        help="who generates: transformers' batched generate (default) or vLLM's engine (needs vLLM "
+                             "in this environment: .ci/setup-vllm; --batch-size is then its max_num_seqs)")
 
 
 def run(args: argparse.Namespace) -> int:
     set_seed(args.seed)
+    if args.engine == "vllm":
+        return _run_with_vllm(args)
     model, tokenizer = load_base_from_args(args)
     prompts = read_prompts(args.prompts)[: args.limit]
     sampling = {"do_sample": True, "temperature": args.temperature} if args.do_sample else {"do_sample": False}
@@ -45,5 +53,33 @@ def run(args: argparse.Namespace) -> int:
         **sampling,
     )
     elapsed = time.perf_counter() - started
-    print(f"Wrote {len(prompts)} continuations, {tokens} new tokens, to {args.output} in {elapsed:.0f} s.")
+    print(f"Wrote {len(prompts)} continuations, {tokens} new tokens, to {args.output} in {elapsed:.0f} s "
+          f"({tokens / elapsed:.1f} tokens/s, transformers).")
+    return 0
+
+
+def _run_with_vllm(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("vllm") is None:
+        raise InputNotFoundError("--engine vllm needs vLLM in this environment: make it with bash .ci/setup-vllm, "
+                                 "then run .venv-vllm/bin/recycle-hf distill --engine vllm ...")
+    from transformers import AutoTokenizer
+
+    from ..defaults import dequantized_base_dir, load_default_base
+    from ..integrations.vllm_distill import distill_with_vllm
+
+    prompts = read_prompts(args.prompts)[: args.limit]
+    if args.base == DEFAULT_BASE:
+        if not (dequantized_base_dir() / "config.json").is_file():
+            load_default_base()  # builds the plain folder vLLM reads, once
+        folder = str(dequantized_base_dir())
+    else:
+        check_local_folder(args.base, "base", "config.json")
+        folder = args.base
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    result = distill_with_vllm(folder, tokenizer, prompts, args.output, max_new_tokens=args.max_new_tokens,
+                               max_num_seqs=args.batch_size, use_chat_template=not args.no_chat_template,
+                               temperature=args.temperature if args.do_sample else None, seed=args.seed)
+    print(f"Wrote {len(prompts)} continuations, {result['new_tokens']} new tokens, to {args.output} in "
+          f"{result['seconds']:.0f} s ({result['new_tokens'] / result['seconds']:.1f} tokens/s, vLLM, engine start "
+          f"{result['start_seconds']:.0f} s not counted).")
     return 0

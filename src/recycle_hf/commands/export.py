@@ -43,10 +43,12 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"--base {base} needs --adapter (a trained recycle adapter folder): there is no "
                                     "trained module to export.")
         adapter_config = read_adapter_config(resolve_adapter_folder(adapter))
-        model, tokenizer = load_recycle_model(base=base, adapter=adapter)
-        source = f"{adapter} on {base}"
-        # A base that LoRA trained with the module is not the plain base any more: it is written as a folder too.
-        target = None if adapter_config.lora is not None else (dequantized_base_dir() if base == DEFAULT_BASE else base)
+        # A base that LoRA trained with the module is not the plain base any more: it is written as a folder too
+        # (with its tokenizer); otherwise vLLM serves the base folder as it is, tokenizer or not.
+        writes_base = adapter_config.lora is not None
+        model, tokenizer = load_recycle_model(base=base, adapter=adapter, with_tokenizer=writes_base)
+        source = "the shipped SmolLM2 module" if args.adapter is None else f"{adapter} on {base}"
+        target = None if writes_base else (dequantized_base_dir() if base == DEFAULT_BASE else base)
     else:
         model, tokenizer = load_recycle_model(model=args.model)
         source, target = args.model, None

@@ -41,7 +41,6 @@ def spec_decode_counters(llm: Any) -> dict[str, Any]:
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """One engine, the spec's prompts (all at once, or one request at a time with `sequential`)."""
     from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
 
     started = time.perf_counter()
     llm = LLM(
@@ -61,30 +60,48 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         stop_token_ids=spec.get("stop_token_ids"), ignore_eos=spec.get("ignore_eos", False),
         skip_special_tokens=False, detokenize=not spec.get("skip_tokenizer_init", False),
     )
-    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in spec["prompt_token_ids"]]
-    for _ in range(spec.get("warmup", 0)):
-        llm.generate(prompts[: spec.get("max_num_seqs", len(prompts))], sampling, use_tqdm=False)
+    if "batches" in spec:  # a benchmark: several timed batches on one engine
+        return {"start_seconds": start_seconds, "threads": os.environ.get("OMP_NUM_THREADS"),
+                "batches": {batch["name"]: _timed_batch(llm, batch, sampling) for batch in spec["batches"]}}
+    result = _timed_batch(llm, {**spec, "repeats": 1}, sampling)
+    return {**result, "seconds": result["seconds"][0], "start_seconds": start_seconds,
+            "threads": os.environ.get("OMP_NUM_THREADS")}
+
+
+def _timed_batch(llm: Any, batch: dict[str, Any], sampling: Any) -> dict[str, Any]:
+    """`batch["prompt_token_ids"]` decoded (all at once, or one request at a time with `sequential`) after
+    `warmup` untimed rounds, `repeats` timed rounds; the spec-decode counters of the timed rounds."""
+    from vllm.inputs import TokensPrompt
+
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in batch["prompt_token_ids"]]
+
+    def decode() -> list[Any]:
+        if batch.get("sequential"):
+            return [llm.generate([prompt], sampling, use_tqdm=False)[0] for prompt in prompts]
+        return llm.generate(prompts, sampling, use_tqdm=False)
+
+    for _ in range(batch.get("warmup", 0)):
+        decode()
     counters_before = spec_decode_counters(llm)
-    if spec.get("marker"):
-        Path(spec["marker"]).touch()  # what the drafter traces after this belongs to the requests below
-    started = time.perf_counter()
-    if spec.get("sequential"):
-        outputs = [llm.generate([prompt], sampling, use_tqdm=False)[0] for prompt in prompts]
-    else:
-        outputs = llm.generate(prompts, sampling, use_tqdm=False)
-    seconds = time.perf_counter() - started
+    if batch.get("marker"):
+        Path(batch["marker"]).touch()  # what the drafter traces after this belongs to the requests below
+    seconds, outputs = [], []
+    for _ in range(batch.get("repeats", 1)):
+        started = time.perf_counter()
+        round_outputs = decode()
+        seconds.append(time.perf_counter() - started)
+        outputs.append([list(output.outputs[0].token_ids) for output in round_outputs])
     counters = spec_decode_counters(llm)
-    for name, value in counters_before.items():  # the warm-up's drafts are not the timed run's
+    for name, value in counters_before.items():  # the warm-up's drafts are not the timed rounds'
         if isinstance(value, (int, float)) and isinstance(counters.get(name), (int, float)):
             counters[name] -= value
     return {
-        "token_ids": [list(output.outputs[0].token_ids) for output in outputs],
-        "text": [output.outputs[0].text for output in outputs],
+        "token_ids": outputs[0],
+        "text": [output.outputs[0].text for output in round_outputs],
         "seconds": seconds,
-        "start_seconds": start_seconds,
-        "new_tokens": sum(len(output.outputs[0].token_ids) for output in outputs),
+        "new_tokens": sum(len(ids) for ids in outputs[0]),
+        "same_tokens_every_round": all(round_ids == outputs[0] for round_ids in outputs),
         "spec_decode": counters,
-        "threads": os.environ.get("OMP_NUM_THREADS"),
     }
 
 

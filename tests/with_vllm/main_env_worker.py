@@ -51,7 +51,8 @@ def make_family(family: str, folder: str) -> None:
 
 def _load(base: str, adapter: str):
     # "default-adapter": the adapter `base="default"` loads with, the shipped SmolLM2 module.
-    model, _ = load_recycle_model(base=base, adapter=None if adapter == "default-adapter" else adapter)
+    model, _ = load_recycle_model(base=base, adapter=None if adapter == "default-adapter" else adapter,
+                                  with_tokenizer=False)
     return model
 
 
