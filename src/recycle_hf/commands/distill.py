@@ -64,14 +64,12 @@ def _run_with_vllm(args: argparse.Namespace) -> int:
                                  "then run .venv-vllm/bin/recycle-hf distill --engine vllm ...")
     from transformers import AutoTokenizer
 
-    from ..defaults import dequantized_base_dir, load_default_base
+    from ..defaults import default_base_folder
     from ..integrations.vllm_distill import distill_with_vllm
 
     prompts = read_prompts(args.prompts)[: args.limit]
     if args.base == DEFAULT_BASE:
-        if not (dequantized_base_dir() / "config.json").is_file():
-            load_default_base()  # builds the plain folder vLLM reads, once
-        folder = str(dequantized_base_dir())
+        folder = str(default_base_folder())
     else:
         check_local_folder(args.base, "base", "config.json")
         folder = args.base

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..adapter import read_adapter_config, resolve_adapter_folder
-from ..defaults import dequantized_base_dir
+from ..adapter import merge_base_lora, read_adapter_config, resolve_adapter_folder
+from ..defaults import default_base_folder
 from ..errors import InvalidInputError
 from ..loading import DEFAULT_BASE, default_adapter, load_recycle_model
 from . import positive_int
@@ -48,21 +48,15 @@ def run(args: argparse.Namespace) -> int:
         writes_base = adapter_config.lora is not None
         model, tokenizer = load_recycle_model(base=base, adapter=adapter, with_tokenizer=writes_base)
         source = "the shipped SmolLM2 module" if args.adapter is None else f"{adapter} on {base}"
-        target = None if writes_base else (dequantized_base_dir() if base == DEFAULT_BASE else base)
-    else:
+        target = None if writes_base else (default_base_folder() if base == DEFAULT_BASE else base)
+        if writes_base:
+            model = merge_base_lora(model)
+    else:  # a merged checkpoint never carries unmerged LoRA (save_pretrained refuses it)
         model, tokenizer = load_recycle_model(model=args.model)
         source, target = args.model, None
-    if target is None and adapter_config_has_lora(model):
-        from ..adapter import merge_base_lora
-
-        model = merge_base_lora(model)
     result = export_for_vllm(model, tokenizer, args.output, source, target, args.base_output,
                              args.num_speculative_tokens)
     print(f"Wrote the draft folder {result.draft_folder}; vLLM serves it against the base {result.target_folder}:")
     print(f"    {result.serve_command}")
     print("(recycle-hf must be installed where vLLM runs: its plugin registers the drafter.)")
     return 0
-
-
-def adapter_config_has_lora(model) -> bool:
-    return any("lora_" in name for name, _ in model.base_lm.named_parameters())

