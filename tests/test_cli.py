@@ -49,9 +49,11 @@ def _one_line_error(capsys) -> str:
     [
         (["generate", "hi", "--max-new-tokens", "-5"], "argument --max-new-tokens: expected an integer >= 1, got '-5'"),
         (["generate", "hi", "--num-draft-tokens", "17"],
-         "argument --num-draft-tokens: num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to 16, "
-         "got 17"),
+         "argument --num-draft-tokens: num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to 16 "
+         "(or a draft tree such as [[0], [1], [0, 0]]), got 17"),
         (["generate", "hi", "--num-draft-tokens", "three"], "num_draft_tokens must be 'auto' or an integer"),
+        (["generate", "hi", "--num-draft-tokens", "[[1, 0]]"], "Draft tree path [1] is missing"),
+        (["generate", "hi", "--num-draft-tokens", "[[0],"], "a draft tree must be JSON such as '[[0], [1], [0, 0]]'"),
         (["generate", "hi", "--top-p", "1.5"], "argument --top-p: expected a number in (0, 1], got '1.5'"),
         (["generate", "hi", "--temperature", "nan"], "argument --temperature: expected a number > 0"),
         (["self-prompts", "--count", "0", "--output", "o.jsonl"], "argument --count: expected an integer >= 1"),
@@ -136,6 +138,11 @@ def test_every_command_reports_these_user_errors_in_one_line_with_status_2(tiny_
             main(["bench", subcommand, "--num-draft-tokens", "1,17"])
         assert raised.value.code == 2
         assert "num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to 16" in _one_line_error(capsys)
+    for trees, expected in (("[[0]]", "expected a JSON list of draft trees"), ("[[[0], [0]]]", "listed twice")):
+        with pytest.raises(SystemExit) as raised:
+            main(["bench", "speed", "--draft-trees", trees])
+        assert raised.value.code == 2
+        assert expected in _one_line_error(capsys)
 
 
 def test_init_paper_preset_writes_a_checkpoint_that_loads(tmp_path):

@@ -1,10 +1,14 @@
 # Copyright 2026 The recycle-hf team. Licensed under the Apache License, Version 2.0.
-"""`num_draft_tokens="auto"`: the number of drafts per base forward that decodes fastest, 0 meaning plain decoding.
+"""`num_draft_tokens="auto"`: the draft shape (a chain of k drafts or a tree) that decodes fastest, 0 meaning plain
+decoding.
 
 A verify step with k drafts yields E(k) = 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens per row, where a_i is the
 chance that draft i is accepted once drafts 1..i-1 were (the module's acceptance profile), and costs C(k) seconds.
-Plain decoding costs C_plain per token. auto picks the k with the highest E(k) / C(k), and k = 0 (the call goes to
-plain `generate`) unless that beats 1 / C_plain.
+A tree generalises this: with p[d][r] the chance that the base's token at depth d is the module's rank-r candidate,
+E(tree) = 1 + the sum over its nodes of the product of p along the node's path (a chain's a_d is p[d][0]); the
+best tree for each node budget is built from the measured p (`draft_tree_recyclegpt.best_draft_tree`). Plain
+decoding costs C_plain per token. auto picks the shape with the highest E / C among chains k = 1..5 and those trees
+(chains only for sampling calls), and 0 (the call goes to plain `generate`) unless that beats 1 / C_plain.
 
 Both sides are measured, not assumed, because they depend on the machine, the batch size and the module:
 - C(k) and C_plain are timed on this call's own model and batch shape: medians of `TIMED_ROUNDS` eager fast-path
@@ -13,7 +17,8 @@ Both sides are measured, not assumed, because they depend on the machine, the ba
   (read off a stopping criterion, so the prompt's forward, whose noise at batch 16 exceeds a few tokens' cost,
   stays out). A fitted cost model would
   need the same timings and adds a model that can be wrong on a new machine;
-- the acceptance profile comes from the verify steps of that same calibration, on this call's own prompts.
+- the acceptance by depth and rank comes from greedy steps of a spine tree (`CALIBRATION_RANKS` candidates at each
+  depth below the first choices) in that same calibration, on this call's own prompts.
 A compiled call keeps the eager calibration's choice: timing compiled steps would compile one graph per candidate k
 (about 100 s each on a 2-core CPU), and in the benchmark the eager choice was also the fastest compiled k (SmolLM2,
 batch 1: k=3; docs/BENCHMARKS.md, "Closing measurements for the fast path").
@@ -28,6 +33,7 @@ This file is remote code: a checkpoint folder carries it, so it imports only tor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,8 +49,10 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.utils import logging
 
+from .draft_tree_recyclegpt import DraftTree, best_draft_tree, check_tree_paths, is_tree_spec, spine_tree
 from .few_row_products_recyclegpt import few_row_products
 from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
+from .tree_generation_recyclegpt import static_decoder
 
 
 logger = logging.get_logger(__name__)
@@ -53,28 +61,38 @@ logger = logging.get_logger(__name__)
 MAX_NUM_DRAFT_TOKENS = 16
 MAX_AUTO_DRAFT_TOKENS = 5
 TIMED_ROUNDS = 7
-# Steps at the largest k whose accepted counts measure the acceptance profile.
-ACCEPTANCE_STEPS = 14
+# Spine-tree steps whose accepted paths measure the acceptance by depth and rank, and the weight of the prior that
+# steadies the deeper depths' few samples (`acceptance_by_rank`).
+ACCEPTANCE_STEPS = 24
+ACCEPTANCE_PRIOR_WEIGHT = 4.0
 # A calibration's token budget: room for every step at the largest k.
 CALIBRATION_TOKENS = (max(ACCEPTANCE_STEPS, TIMED_ROUNDS + 1) + 1) * (MAX_AUTO_DRAFT_TOKENS + 1)
 PLAIN_TIMED_TOKENS = 8
 # A draft length must beat plain decoding by this much to be chosen: calibration medians still carry noise.
 PLAIN_MARGIN = 1.05
 # Part of every calibration key: a new way of measuring, or a change to the step that shifts what it costs, makes
-# choices kept by an older one measure again (4: few-row products contiguous, one row of a vocabulary head swapped).
-CALIBRATION_METHOD = 4
+# choices kept by an older one measure again (4: few-row products contiguous, one row of a vocabulary head swapped;
+# 5: acceptance by depth and rank from a spine tree, trees among the candidates).
+CALIBRATION_METHOD = 5
+# The calibration's spine tree offers this many candidates at each depth: it measures acceptance by rank 0..3.
+CALIBRATION_RANKS = 4
+# Node budgets of the trees auto times beside the chains (each the best tree for the measured acceptance).
+TREE_NODE_BUDGETS = (2, 3, 4, 6, 8, 12, 16)
 
 
 def check_num_draft_tokens(num_draft_tokens: Any) -> None:
     """The one check of a draft count, wherever it is given (`generate`, the CLI, lm-eval's model, the benchmarks,
-    the file of `auto`'s choices): "auto" or an integer from 0 (plain decoding) to `MAX_NUM_DRAFT_TOKENS`, not a bool;
-    else a `ValueError` that says so."""
+    the file of `auto`'s choices): "auto", an integer from 0 (plain decoding) to `MAX_NUM_DRAFT_TOKENS` (not a
+    bool), or a draft tree as a list of paths (`draft_tree_recyclegpt.py`); else a `ValueError` that says so."""
     if num_draft_tokens == "auto" and isinstance(num_draft_tokens, str):
+        return
+    if is_tree_spec(num_draft_tokens):
+        check_tree_paths(num_draft_tokens)
         return
     if type(num_draft_tokens) is not int or not 0 <= num_draft_tokens <= MAX_NUM_DRAFT_TOKENS:
         raise ValueError(
-            f"num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to {MAX_NUM_DRAFT_TOKENS}, got "
-            f"{num_draft_tokens!r}."
+            f"num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to {MAX_NUM_DRAFT_TOKENS} (or a "
+            f"draft tree such as [[0], [1], [0, 0]]), got {num_draft_tokens!r}."
         )
 
 
@@ -97,6 +115,41 @@ def choose_draft_length(
         if rate > best_rate:
             best_k, best_rate = num_drafts, rate
     return best_k
+
+
+def choose_draft_shape(
+    acceptance_by_rank: Sequence[Sequence[float]], step_seconds: dict[Any, float], plain_seconds: float,
+    trees: dict[Any, DraftTree],
+) -> Any:
+    """The shape in `step_seconds` (an integer k: a chain; else a name in `trees`) with the most expected tokens per
+    second under the measured acceptance by depth and rank, or 0 where none beats plain decoding."""
+    best, best_rate = 0, PLAIN_MARGIN / plain_seconds
+    for shape, seconds in step_seconds.items():
+        tree = trees[shape] if shape in trees else DraftTree.chain(shape)
+        rate = tree.expected_tokens(acceptance_by_rank) / seconds
+        if rate > best_rate:
+            best, best_rate = shape, rate
+    return best
+
+
+def acceptance_by_rank(
+    accepted_ranks: Sequence[Sequence[int]], depth: int, ranks: int, prior_weight: float = 0.0
+) -> list[list[float]]:
+    """p[d][r] from the accepted paths of spine-tree steps (each entry the ranks of one row's accepted path): of the
+    paths that reached depth d through first choices, the share whose next node was the rank-r candidate.
+
+    Fewer paths reach each depth, so deep shares rest on a handful of steps (one lucky step made p = 1 in a
+    calibration of the shipped module): with `prior_weight` m, depth d's shares are shrunk towards depth d - 1's as
+    if m more paths had behaved like them, (count + m p[d-1][r]) / (reached + m)."""
+    profile: list[list[float]] = []
+    for level in range(depth):
+        reached = [path for path in accepted_ranks if len(path) >= level and not any(path[:level])]
+        prior = profile[-1] if profile else [0.0] * ranks
+        weight = prior_weight if profile else 0.0
+        total = len(reached) + weight
+        profile.append([(sum(1 for path in reached if len(path) > level and path[level] == rank) + weight * prior[rank])
+                        / total if total else 0.0 for rank in range(ranks)])
+    return profile
 
 
 def acceptance_profile(accepted_per_step: torch.Tensor, num_drafts: int) -> list[float]:
@@ -157,11 +210,11 @@ def _read_choices(path: Path) -> tuple[dict[str, Any], str | None]:
     return data, None
 
 
-def _checked_choice(value: Any) -> int:
-    """A stored choice passes the check a user's `num_draft_tokens` passes, and is a number, not "auto"."""
+def _checked_choice(value: Any) -> int | list[list[int]]:
+    """A stored choice passes the check a user's `num_draft_tokens` passes, and is a number or a tree, not "auto"."""
     check_num_draft_tokens(value)
     if value == "auto":
-        raise ValueError("a stored choice must be a number, got 'auto'")
+        raise ValueError("a stored choice must be a number or a tree, got 'auto'")
     return value
 
 
@@ -190,7 +243,7 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_choice(path: Path, key: str, num_drafts: int) -> None:
+def _write_choice(path: Path, key: str, num_drafts: int | list[list[int]]) -> None:
     """Add one choice to the file, under the file's lock and atomically (written beside it, then renamed): a kill
     never leaves half a file, and concurrent writers keep every entry. Entries that fail the check are dropped."""
     try:
@@ -206,7 +259,7 @@ def _write_choice(path: Path, key: str, num_drafts: int) -> None:
         logger.warning("Could not record the draft length in %s: %s", path, error)
 
 
-def stored_choice(path: Path, key: str) -> int | None:
+def stored_choice(path: Path, key: str) -> int | list[list[int]] | None:
     """The choice `path` holds for `key`, or None: also where the file is unreadable or malformed or the entry is
     invalid, each with one warning naming the file (the caller then measures again and rewrites the entry)."""
     stored, problem = _read_choices(path)
@@ -226,85 +279,109 @@ def stored_choice(path: Path, key: str) -> int | None:
 
 @dataclass
 class DraftLengthMeasurement:
-    """One calibration: what was measured and the draft length it chose."""
+    """One calibration: what was measured and the draft shape it chose (0, a chain's k, or a tree's paths)."""
 
-    acceptance: list[float]
-    step_seconds: dict[int, float]
+    acceptance: list[float]  # by depth: p[d][0], the chain's profile
+    step_seconds: dict[Any, float]  # by shape: k for chains, a name of `trees` for trees
     plain_seconds: float
-    choice: int
+    choice: int | list[list[int]]
+    acceptance_by_rank: list[list[float]] = dataclasses.field(default_factory=list)
+    trees: dict[str, DraftTree] = dataclasses.field(default_factory=dict)
+    chosen_shape: Any = 0  # the key of `step_seconds` chosen (0: plain decoding)
 
 
 @torch.no_grad()  # as in `generate`: with gradients on, every step would record a graph and time too slow
 def measure_draft_length(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, trees: bool = True
 ) -> DraftLengthMeasurement:
-    """Time fast-path steps at k = 1..MAX_AUTO_DRAFT_TOKENS and plain one-token decoding on this batch, measure the
-    module's acceptance on it, and choose (greedy steps, no EOS: a calibration decodes until its budget)."""
+    """Measure the module's acceptance by depth and rank on this batch, build the best tree for each node budget
+    in `TREE_NODE_BUDGETS` from it (with `trees`), time fast-path steps of every chain k = 1..MAX_AUTO_DRAFT_TOKENS
+    and of those trees and plain one-token decoding, and choose (greedy steps, no EOS: a calibration decodes until
+    its budget)."""
     logger.info(
-        "num_draft_tokens='auto': measuring the fastest draft length for batch size %d (once; kept in %s).",
+        "num_draft_tokens='auto': measuring the fastest draft shape for batch size %d (once; kept in %s).",
         input_ids.shape[0], calibration_file(),
     )
     plain_gaps = _plain_token_gaps(model, input_ids, attention_mask)
     with few_row_products(model, input_ids.device):  # time the steps as decoding will run them
-        acceptance = _acceptance_profile(model, input_ids, attention_mask)
-        step_seconds = _step_seconds(model, input_ids, attention_mask)
+        by_rank = _acceptance_by_rank(model, input_ids, attention_mask)
+        candidates: dict[Any, DraftTree] = {k: DraftTree.chain(k) for k in range(1, MAX_AUTO_DRAFT_TOKENS + 1)}
+        named_trees: dict[str, DraftTree] = {}
+        for budget in TREE_NODE_BUDGETS if trees else ():
+            tree = best_draft_tree(by_rank, budget)
+            if tree is not None and not tree.is_chain and tree not in named_trees.values():
+                named_trees[f"tree{budget}"] = tree
+        candidates.update(named_trees)
+        step_seconds = _step_seconds(model, input_ids, attention_mask, candidates)
     plain_seconds = statistics.median(plain_gaps + _plain_token_gaps(model, input_ids, attention_mask))
-    choice = choose_draft_length(acceptance, step_seconds, plain_seconds)
+    shape = choose_draft_shape(by_rank, step_seconds, plain_seconds, named_trees)
+    choice = named_trees[shape].as_lists() if shape in named_trees else shape
     logger.info(
-        "num_draft_tokens='auto' chose %d: acceptance by depth %s, step ms by k %s, plain ms per token %.1f.",
-        choice, [round(a, 2) for a in acceptance], {k: round(v * 1e3, 1) for k, v in step_seconds.items()},
-        plain_seconds * 1e3,
+        "num_draft_tokens='auto' chose %s: acceptance by depth and rank %s, step ms by shape %s, plain ms per token "
+        "%.1f.", choice, [[round(p, 2) for p in ranks] for ranks in by_rank],
+        {k: round(v * 1e3, 1) for k, v in step_seconds.items()}, plain_seconds * 1e3,
     )
-    return DraftLengthMeasurement(acceptance, step_seconds, plain_seconds, choice)
+    acceptance = [ranks[0] for ranks in by_rank]
+    return DraftLengthMeasurement(acceptance, step_seconds, plain_seconds, choice, by_rank, named_trees, shape)
 
 
-def _acceptance_profile(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[float]:
-    """The module's acceptance by depth on this batch: `ACCEPTANCE_STEPS` greedy verify steps at the largest k."""
-    decoder = _calibration_decoder(model, input_ids, attention_mask, MAX_AUTO_DRAFT_TOKENS)
+def _acceptance_by_rank(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> list[list[float]]:
+    """The module's acceptance by depth and rank on this batch: `ACCEPTANCE_STEPS` greedy steps of the spine tree
+    (`CALIBRATION_RANKS` candidates at each of `MAX_AUTO_DRAFT_TOKENS` depths)."""
+    tree = spine_tree(MAX_AUTO_DRAFT_TOKENS, CALIBRATION_RANKS)
+    decoder = _calibration_decoder(model, input_ids, attention_mask, tree)
     output = decoder.prefill()
-    accepted_counts = []
+    accepted_ranks: list[tuple[int, ...]] = []
     for _ in range(ACCEPTANCE_STEPS):
         output = decoder.step(output.state)
-        accepted_counts.append(output.accepted)
-    return acceptance_profile(torch.cat(accepted_counts), MAX_AUTO_DRAFT_TOKENS)
+        for query in output.accepted_query.tolist():
+            accepted_ranks.append(tree.paths[query - 1] if query > 0 else ())
+    return acceptance_by_rank(accepted_ranks, MAX_AUTO_DRAFT_TOKENS, CALIBRATION_RANKS, ACCEPTANCE_PRIOR_WEIGHT)
 
 
-def _step_seconds(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[int, float]:
-    """Median seconds of an eager fast-path step at each k, timed in `TIMED_ROUNDS` rounds over every k.
+def _step_seconds(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, shapes: dict[Any, DraftTree]
+) -> dict[Any, float]:
+    """Median seconds of an eager fast-path step of each shape, timed in `TIMED_ROUNDS` rounds over every shape.
 
     The decoders share their caches (`static_caches` keeps one pair per size), so each overwrites the others'
     entries: their tokens mean nothing, but a step's cost does not depend on the values it reads.
     """
-    draft_lengths = range(1, MAX_AUTO_DRAFT_TOKENS + 1)
-    decoders = {k: _calibration_decoder(model, input_ids, attention_mask, k) for k in draft_lengths}
-    outputs = {k: decoder.prefill() for k, decoder in decoders.items()}
-    for k, decoder in decoders.items():  # the first step of a shape pays one-time set-up
-        outputs[k] = decoder.step(outputs[k].state)
-    samples: dict[int, list[float]] = {k: [] for k in draft_lengths}
+    decoders = {name: _calibration_decoder(model, input_ids, attention_mask, tree) for name, tree in shapes.items()}
+    outputs = {name: decoder.prefill() for name, decoder in decoders.items()}
+    for name, decoder in decoders.items():  # the first step of a shape pays one-time set-up
+        outputs[name] = decoder.step(outputs[name].state)
+    samples: dict[Any, list[float]] = {name: [] for name in shapes}
     for _ in range(TIMED_ROUNDS):
-        for k, decoder in decoders.items():
+        for name, decoder in decoders.items():
             started = time.perf_counter()
-            outputs[k] = decoder.step(outputs[k].state)
+            outputs[name] = decoder.step(outputs[name].state)
             if input_ids.device.type == "cuda":
                 torch.cuda.synchronize(input_ids.device)
-            samples[k].append(time.perf_counter() - started)
-    return {k: statistics.median(times) for k, times in samples.items()}
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def _calibration_decoder(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_drafts: int
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tree: DraftTree
 ) -> StaticRecycleDecoder:
+    """A greedy decoder of `tree` on this batch. Every calibration decoder has the same slot count (sized for the
+    largest shape), so that they all share one pair of caches."""
+    largest = max(MAX_AUTO_DRAFT_TOKENS * CALIBRATION_RANKS, max(TREE_NODE_BUDGETS))
     settings = DecodingSettings(
         mode="verify",
-        num_draft_tokens=num_drafts,
+        num_draft_tokens=tree.num_nodes,
         do_sample=False,
         logits_processor=LogitsProcessorList(),
         stopping_criteria=StoppingCriteriaList(),
         streamer=None,
         pad_token_id=0,
-        max_new_tokens=CALIBRATION_TOKENS,
+        max_new_tokens=CALIBRATION_TOKENS + largest - tree.num_nodes,
+        draft_tree=None if tree.is_chain else tree,
     )
-    return StaticRecycleDecoder(model, input_ids, attention_mask, settings, eos_token_ids=None)
+    return static_decoder(model, input_ids, attention_mask, settings, eos_token_ids=None)
 
 
 class _TokenClock(StoppingCriteria):
@@ -338,10 +415,10 @@ class DraftLengthChoices:
     later ones. `measured` keeps the calibrations this object ran."""
 
     def __init__(self) -> None:
-        self.in_memory: dict[str, int] = {}
+        self.in_memory: dict[str, int | list[list[int]]] = {}
         self.measured: dict[str, DraftLengthMeasurement] = {}
 
-    def resolve(self, key: str, measure: Callable[[], DraftLengthMeasurement]) -> int:
+    def resolve(self, key: str, measure: Callable[[], DraftLengthMeasurement]) -> int | list[list[int]]:
         """The remembered choice for `key` (this process, then the file), else `measure()`, remembered in both."""
         if key in self.in_memory:
             return self.in_memory[key]
@@ -376,7 +453,9 @@ __all__ = [
     "acceptance_profile",
     "calibration_file",
     "calibration_key",
+    "acceptance_by_rank",
     "choose_draft_length",
+    "choose_draft_shape",
     "expected_tokens_per_step",
     "measure_draft_length",
     "draft_length_choices",

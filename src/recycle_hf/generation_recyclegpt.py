@@ -41,9 +41,11 @@ from .draft_length_recyclegpt import (
     draft_length_choices,
     measure_draft_length,
 )
+from .draft_tree_recyclegpt import is_tree_spec, split_draft_setting
 from .few_row_products_recyclegpt import few_row_products
 from .reference_loop_recyclegpt import CONTEXT_FREE_PROCESSORS, RecycleDecoder, RecycleDrafter
-from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder, speculative_acceptance
+from .static_generation_recyclegpt import DecodingSettings, speculative_acceptance
+from .tree_generation_recyclegpt import static_decoder
 
 
 logger = logging.get_logger(__name__)
@@ -107,10 +109,13 @@ class RecycleGenerationMixin:
             recycle_mode (`str` or `None`): `None`/"none" (plain decoding, exactly the base model's own `generate`),
                 "alternate" (the paper's schedule: module and base take turns) or "verify" (lossless: the module
                 drafts, the base checks).
-            num_draft_tokens (`int` or "auto"): drafts per base forward in "verify" mode, 0 to
-                `MAX_NUM_DRAFT_TOKENS`, 0 meaning plain decoding; "auto" (default) measures the fastest k for this
-                model, device and batch size once (it may choose 0). Alternate mode drafts one token per base forward:
-                it takes "auto" or 1 and refuses other values (a value from a generation config is verify mode's).
+            num_draft_tokens (`int`, "auto" or a draft tree): drafts per base forward in "verify" mode, 0 to
+                `MAX_NUM_DRAFT_TOKENS` (a chain), 0 meaning plain decoding; or a tree of drafts as a list of paths
+                of candidate ranks, e.g. `[[0], [1], [0, 0]]` (`draft_tree_recyclegpt.py`: greedy decoding only,
+                all its nodes checked in one base forward); "auto" (default) measures the fastest chain or tree for
+                this model, device and batch size once (it may choose 0; sampling calls choose among chains).
+                Alternate mode drafts one token per base forward: it takes "auto" or 1 and refuses other values (a
+                value from a generation config is verify mode's).
             recycle_compile (`bool`, *optional*): compile the fast path's step. By default it is compiled as
                 transformers compiles its own decoding: with `cache_implementation="static"` or a `compile_config`,
                 on CUDA, or anywhere when `compile_config._compile_all_devices` is set.
@@ -142,6 +147,9 @@ class RecycleGenerationMixin:
         # Merge the call's generation arguments here, so that `generate` below sees one complete config.
         generation_config = _without_recycle_settings(base_generation_config)
         kwargs = generation_config.update(**kwargs)
+        if mode == "verify" and is_tree_spec(num_draft_tokens) and generation_config.do_sample:
+            raise ValueError("A draft tree verifies greedy decoding only: with do_sample=True pass an integer "
+                             "num_draft_tokens (a chain) or 'auto'.")
         if mode is None:
             return self.base_lm.generate(inputs, generation_config=generation_config, streamer=streamer, **kwargs)
 
@@ -156,6 +164,7 @@ class RecycleGenerationMixin:
         with generation_lock(self):
             if num_draft_tokens == "auto":
                 num_draft_tokens = self.auto_draft_length(input_ids, kwargs.get("attention_mask"), generation_config)
+            num_draft_tokens = _canonical_draft_setting(num_draft_tokens)
             if num_draft_tokens == 0:
                 logger.info("num_draft_tokens=0: verify mode decodes plainly (the base's own generate).")
                 return plain_verify_decoding(self, inputs, generation_config, streamer, kwargs)
@@ -207,12 +216,22 @@ class RecycleGenerationMixin:
 
     def auto_draft_length(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, generation_config: GenerationConfig
-    ) -> int:
-        """`num_draft_tokens="auto"` for this batch: measured once per model, dtype, device and batch size."""
+    ) -> int | list[list[int]]:
+        """`num_draft_tokens="auto"` for this batch: measured once per model, dtype, device and batch size (and
+        whether the call samples: sampling decodes chains only)."""
         if not isinstance(input_ids, torch.Tensor):
             raise ValueError("num_draft_tokens='auto' needs input_ids; pass an integer num_draft_tokens instead.")
-        key = calibration_key(self, input_ids.shape[0], "verify")
-        return draft_length_choices(self).resolve(key, lambda: measure_draft_length(self, input_ids, attention_mask))
+        trees = not generation_config.do_sample
+        key = calibration_key(self, input_ids.shape[0], "verify" if trees else "verify-chains")
+        return draft_length_choices(self).resolve(
+            key, lambda: measure_draft_length(self, input_ids, attention_mask, trees=trees)
+        )
+
+
+def _canonical_draft_setting(num_draft_tokens: Any) -> Any:
+    """A tree that is a chain becomes its count, so that it decodes (and reports) as the chain it is."""
+    count, tree = split_draft_setting(num_draft_tokens)
+    return tree.as_lists() if tree is not None else count
 
 
 def resolve_num_draft_tokens(mode: str | None, num_draft_tokens: Any, generation_config: GenerationConfig) -> Any:
@@ -242,6 +261,8 @@ def check_drafter(drafter: Any, mode: str | None, num_draft_tokens: int | str) -
         raise ValueError("recycle_drafter drafts for recycle modes only: pass recycle_mode='verify' or 'alternate'.")
     if num_draft_tokens == "auto":
         raise ValueError("num_draft_tokens='auto' measures the module, not a custom drafter: pass an integer.")
+    if is_tree_spec(num_draft_tokens):
+        raise ValueError("A recycle_drafter drafts chains: pass an integer num_draft_tokens, not a tree.")
     if num_draft_tokens == 0:
         raise ValueError("num_draft_tokens=0 decodes without drafts: a recycle_drafter needs at least 1.")
     if not all(callable(getattr(drafter, name, None)) for name in ("draft", "update")):
@@ -398,15 +419,17 @@ def recycle_decoding(
     """The decoding loop `generate` calls (as its `custom_generate`) after its usual preparation: the static fast
     path where the call allows it, else the reference loop (`RecycleDecoder`)."""
     pad_token_id = generation_config._pad_token_tensor
+    draft_count, draft_tree = split_draft_setting(num_draft_tokens)
     settings = DecodingSettings(
         mode=recycle_mode,
-        num_draft_tokens=num_draft_tokens,
+        num_draft_tokens=draft_count,
         do_sample=bool(generation_config.do_sample),
         logits_processor=logits_processor,
         stopping_criteria=stopping_criteria,
         streamer=recycle_streamer,
         pad_token_id=int(pad_token_id) if pad_token_id is not None else 0,
         max_new_tokens=generation_config.max_length - input_ids.shape[1],
+        draft_tree=draft_tree,
     )
     attention_mask = model_kwargs.get("attention_mask")
     reason = None if recycle_cache_implementation != "dynamic" else "cache_implementation='dynamic' was asked for"
@@ -419,12 +442,16 @@ def recycle_decoding(
     use_static_path = reason is None and settings.max_new_tokens > 0
     with few_row_products(model, input_ids.device):
         if use_static_path:
-            decoder = StaticRecycleDecoder(model, input_ids, attention_mask, settings,
-                                           generation_config._eos_token_tensor, recycle_compile_options)
+            decoder = static_decoder(model, input_ids, attention_mask, settings, generation_config._eos_token_tensor,
+                                     recycle_compile_options)
             sequences, stats = decoder.run()
         else:
             if reason is not None and recycle_cache_implementation is None:
                 _log_reference_loop_once(reason)
+            if draft_tree is not None:
+                # The reference loop drafts chains; verify mode is lossless with either, only the speed differs.
+                _log_reference_loop_once(f"it drafts a chain of the tree's depth, {draft_tree.depth}")
+                settings.num_draft_tokens, settings.draft_tree = draft_tree.depth, None
             loop = RecycleDecoder(model, input_ids, attention_mask, settings, recycle_drafter)
             sequences = loop.run()
             stats = loop.stats.as_dict()

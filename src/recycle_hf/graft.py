@@ -39,6 +39,10 @@ _MODULE_SETTING_NAMES = {
 _FINAL_NORM_NAMES = ("norm", "final_layer_norm", "decoder.final_layer_norm", "final_layernorm", "ln_f", "norm_f")
 
 
+# Layer kinds whose cache is a recurrent state (Mamba, linear attention, convolutions), not per-position keys/values.
+_RECURRENT_LAYER_TYPES = ("conv", "linear_attention", "hybrid", "hybrid_sliding", "mamba")
+
+
 def _supported_bases_hint() -> str:
     return (
         "RecycleGPT grafts onto decoder-only *ForCausalLM models whose blocks take a key/value cache "
@@ -61,7 +65,9 @@ def check_graftable_base(base_model: Any) -> None:
     config = base_model.config
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"{type(base_model).__name__} is an encoder-decoder model. {_supported_bases_hint()}")
-    if getattr(base_model, "_is_stateful", False):
+    layer_types = getattr(config, "layer_types", None) or ()
+    # transformers < 5.25 marks recurrent models `_is_stateful`; later releases name their layers' kind instead.
+    if getattr(base_model, "_is_stateful", False) or any(kind in _RECURRENT_LAYER_TYPES for kind in layer_types):
         raise ValueError(
             f"{type(base_model).__name__} keeps a recurrent state instead of a key/value cache that can be cropped. "
             f"{_supported_bases_hint()}"

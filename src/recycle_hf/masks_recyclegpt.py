@@ -43,4 +43,29 @@ def row_attention_mask(
     return visible
 
 
-__all__ = ["positions_from_attention_mask", "row_attention_mask"]
+def tree_attention_mask(
+    block_start: torch.Tensor,
+    visibility: torch.Tensor,
+    not_padding: torch.Tensor,
+    attention_implementation: str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The 4-D mask of a draft tree's queries over all cache slots: [batch, 1, queries, slots].
+
+    The tree occupies the `visibility.shape[1]` slots from `block_start[b]` (its root first); query i sees every
+    earlier slot of its row that is not left padding, and the tree's slots j with `visibility[i, j]` (itself and its
+    ancestors), never a sibling's branch. With a lower-triangular `visibility` this is `row_attention_mask`.
+    """
+    slots = torch.arange(not_padding.shape[1], device=not_padding.device)
+    offset = slots.unsqueeze(0) - block_start.unsqueeze(1)  # [B, S] slot's place in the tree, negative before it
+    block_width = visibility.shape[1]
+    before = (offset < 0) & not_padding
+    in_block = (offset >= 0) & (offset < block_width)
+    tree_visible = visibility[:, offset.clamp(0, block_width - 1)].transpose(0, 1)  # [B, queries, S]
+    visible = (before.unsqueeze(1) | (in_block.unsqueeze(1) & tree_visible)).unsqueeze(1)
+    if attention_implementation == "eager":
+        return torch.where(visible, 0.0, torch.finfo(dtype).min).to(dtype)
+    return visible
+
+
+__all__ = ["positions_from_attention_mask", "row_attention_mask", "tree_attention_mask"]

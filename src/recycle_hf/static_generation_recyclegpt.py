@@ -55,6 +55,8 @@ class DecodingSettings:
     streamer: Any
     pad_token_id: int
     max_new_tokens: int
+    # Greedy verify mode's draft tree (`DraftTree`), when it is not a chain; `num_draft_tokens` is then its node count.
+    draft_tree: Any = None
 
 
 @dataclass
@@ -79,6 +81,7 @@ class StaticStepOutput:
     emitted_tokens: torch.Tensor  # [B, k + 1] tokens offered this step (only the first `emitted_counts` count)
     emitted_counts: torch.Tensor  # [B] tokens committed this step
     accepted: torch.Tensor  # [B] drafts the base accepted this step (whether or not the row was still generating)
+    accepted_query: torch.Tensor | None = None  # [B] tree steps: the deepest accepted node + 1 (0: none)
 
 
 def sample_without_sync(probs: torch.Tensor) -> torch.Tensor:
@@ -131,6 +134,7 @@ class StaticRecycleDecoder:
         self.model = model
         self.alternate = settings.mode == "alternate"
         self.num_drafts = settings.num_draft_tokens
+        self.draft_depth = self.num_drafts  # module forwards per step, catching up included (a tree: its depth)
         self.do_sample = settings.do_sample
         self.processors = list(settings.logits_processor)
         self.streamer = settings.streamer
@@ -172,19 +176,28 @@ class StaticRecycleDecoder:
     def _mask(self, start: torch.Tensor, num_new: int) -> torch.Tensor:
         return row_attention_mask(start, num_new, self.not_padding, self.attention_implementation, self.state_dtype)
 
-    def base_states(self, tokens: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Base forward over `tokens` [B, n] at slots start[b] + i; returns the states feeding the LM head."""
+    def base_states(
+        self, tokens: torch.Tensor, start: torch.Tensor, mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Base forward over `tokens` [B, n] at slots start[b] + i (by default causal, at consecutive positions);
+        returns the states feeding the LM head."""
         self.base_cache.write_start.copy_(start)
         num_new = tokens.shape[1]
-        return self.model.base_step(tokens, self._mask(start, num_new), self._positions(start, num_new),
-                                    self.base_cache)
+        mask = self._mask(start, num_new) if mask is None else mask
+        positions = self._positions(start, num_new) if positions is None else positions
+        return self.model.base_step(tokens, mask, positions, self.base_cache)
 
-    def module_states(self, tokens: torch.Tensor, previous_states: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    def module_states(
+        self, tokens: torch.Tensor, previous_states: torch.Tensor, start: torch.Tensor,
+        mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Module forward over pairs (previous_states[:, i], tokens[:, i]) at slots start[b] + i."""
         self.module_cache.write_start.copy_(start)
         num_new = tokens.shape[1]
-        return self.model.recycle_step(tokens, previous_states, self._mask(start, num_new),
-                                       self._positions(start, num_new), self.module_cache)
+        mask = self._mask(start, num_new) if mask is None else mask
+        positions = self._positions(start, num_new) if positions is None else positions
+        return self.model.recycle_step(tokens, previous_states, mask, positions, self.module_cache)
 
     # ------------------------------------------------------------------------------------------ token selection
     def _process(self, logits: torch.Tensor) -> torch.Tensor:
@@ -202,13 +215,21 @@ class StaticRecycleDecoder:
         probs = torch.softmax(scores, dim=-1)
         return sample_without_sync(probs), probs
 
-    def _draft_token(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A draft from module states [B, D]: (token [B], its full-vocabulary distribution or None)."""
+    def draft_scores(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Processed scores of the next token from module states [..., D] over the draft vocabulary, and that
+        vocabulary's token ids (None: the whole vocabulary, column i is token i)."""
         if self.draft_head is None:
-            return self._select(self._process(self.model.vocab_logits(states)))
+            return self._process(self.model.vocab_logits(states)), None
         weight, bias, token_ids = self.draft_head
         # Context-free processors give the same result on the slice as on the full row with -inf elsewhere.
-        index, slice_probs = self._select(self._process(project_rows(states, weight, bias)))
+        return self._process(project_rows(states, weight, bias)), token_ids
+
+    def _draft_token(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A draft from module states [B, D]: (token [B], its full-vocabulary distribution or None)."""
+        scores, token_ids = self.draft_scores(states)
+        if token_ids is None:
+            return self._select(scores)
+        index, slice_probs = self._select(scores)
         if slice_probs is None:
             return token_ids[index], None
         vocab_size = self.model.get_output_embeddings().weight.shape[0]
@@ -360,7 +381,7 @@ class StaticRecycleDecoder:
                 output = _cloned(output)
             self._stream(output)
             base_forwards += 1
-            recycle_forwards += self.num_drafts
+            recycle_forwards += self.draft_depth
         if self.streamer is not None:
             self.streamer.end()
         state = output.state
@@ -411,7 +432,8 @@ def _cloned(output: StaticStepOutput) -> StaticStepOutput:
     fields = dataclasses.fields(output.state)
     state = StaticDecodingState(**{f.name: getattr(output.state, f.name).clone() for f in fields})
     return StaticStepOutput(state=state, emitted_tokens=output.emitted_tokens.clone(),
-                            emitted_counts=output.emitted_counts.clone(), accepted=output.accepted.clone())
+                            emitted_counts=output.emitted_counts.clone(), accepted=output.accepted.clone(),
+                            accepted_query=None if output.accepted_query is None else output.accepted_query.clone())
 
 
 def static_caches(

@@ -163,6 +163,13 @@ def new_tokens_per_row(sequences: torch.Tensor, prompt_width: int, stats: dict[s
     return [sequences.shape[1] - prompt_width] * sequences.shape[0]
 
 
+def _shape_key(num_draft_tokens: Any) -> Any:
+    """A draft count as it is; a tree (a list of paths, from JSON) as a hashable tuple."""
+    if isinstance(num_draft_tokens, (list, tuple)):
+        return tuple(tuple(path) for path in num_draft_tokens)
+    return num_draft_tokens
+
+
 def project_verify_speed(results: dict[str, Any], real_model_results: dict[str, Any]) -> list[dict[str, Any]]:
     """Verify-mode tokens/s if this model accepted drafts as often as the real model did.
 
@@ -173,11 +180,11 @@ def project_verify_speed(results: dict[str, Any], real_model_results: dict[str, 
     real = defaultdict(dict)
     for record in real_model_results.get("results", []):
         if record.get("recycle_mode") == "verify" and record.get("status") == "ok":
-            real[record["num_draft_tokens"]][record["batch_size"]] = record["tokens_per_base_forward"]
+            real[_shape_key(record["num_draft_tokens"])][record["batch_size"]] = record["tokens_per_base_forward"]
     by_batch = {(r["batch_size"], r["mode"]): r for r in results["results"] if r.get("status") == "ok"}
     projections = []
     for record in results["results"]:
-        k = record.get("num_draft_tokens")
+        k = _shape_key(record.get("num_draft_tokens"))
         if record.get("recycle_mode") != "verify" or record.get("status") != "ok" or k not in real:
             continue
         batch_size = record["batch_size"]

@@ -29,7 +29,7 @@ class DecodingMode:
 
     name: str
     recycle_mode: str | None = None
-    num_draft_tokens: int | str | None = None
+    num_draft_tokens: int | str | tuple | None = None  # a tree: a tuple of paths (frozen, so modes stay hashable)
     comparator: bool = False
     static_compiled: bool = False
     # Recycle modes: None runs the static fast path, "dynamic" the reference loop (`cache_implementation`).
@@ -41,19 +41,31 @@ class DecodingMode:
         return self.recycle_mode is not None
 
 
+def tree_mode_name(tree: Sequence[Sequence[int]], trees: Sequence[Sequence[Sequence[int]]]) -> str:
+    """`verify_treeN` for a tree of N nodes (`verify_treeN_i` where several given trees have N nodes)."""
+    same_size = [other for other in trees if len(other) == len(tree)]
+    suffix = f"_{same_size.index(tree) + 1}" if len(same_size) > 1 else ""
+    return f"verify_tree{len(tree)}{suffix}"
+
+
 def decoding_modes(
-    num_draft_tokens: Sequence[int] = DEFAULT_NUM_DRAFT_TOKENS_SWEEP, static_compiled: bool = True
+    num_draft_tokens: Sequence[int] = DEFAULT_NUM_DRAFT_TOKENS_SWEEP, static_compiled: bool = True,
+    draft_trees: Sequence[Sequence[Sequence[int]]] = (),
 ) -> list[DecodingMode]:
     """The modes of a speed run, comparators first: transformers' `generate`, its static-cache compiled path and its
-    prompt-lookup decoding; our `recycle_mode=None`; `alternate` and `verify` (each draft count and "auto") on the
-    fast path, on the reference loop (`_loop`) and, with `static_compiled`, compiled (`_compiled`)."""
+    prompt-lookup decoding; our `recycle_mode=None`; `alternate` and `verify` (each draft count, each draft tree
+    as `verify_treeN`, and "auto") on the fast path, on the reference loop (`_loop`) and, with `static_compiled`,
+    compiled (`_compiled`)."""
     modes = [DecodingMode("hf_generate", comparator=True)]
     if static_compiled:
         modes.append(DecodingMode("hf_static_compiled", comparator=True, static_compiled=True))
     modes.append(DecodingMode("hf_prompt_lookup", comparator=True, prompt_lookup=True))
     modes.append(DecodingMode("recycle_none"))
     recycle = [("alternate", "alternate", 1)]
-    recycle += [(f"verify_k{k}", "verify", k) for k in num_draft_tokens] + [("verify_auto", "verify", "auto")]
+    recycle += [(f"verify_k{k}", "verify", k) for k in num_draft_tokens]
+    recycle += [(tree_mode_name(tree, draft_trees), "verify", tuple(tuple(path) for path in tree))
+                for tree in draft_trees]
+    recycle += [("verify_auto", "verify", "auto")]
     for name, recycle_mode, num_draft_tokens in recycle:
         modes.append(DecodingMode(name, recycle_mode=recycle_mode, num_draft_tokens=num_draft_tokens))
     for name, recycle_mode, num_draft_tokens in recycle:
@@ -124,7 +136,10 @@ def generate_once(
         generate = model.generate
         kwargs["recycle_mode"] = mode.recycle_mode
         if mode.uses_recycle_loop:
-            kwargs.update(num_draft_tokens=mode.num_draft_tokens, return_dict_in_generate=True)
+            num_draft_tokens = mode.num_draft_tokens
+            if isinstance(num_draft_tokens, tuple):
+                num_draft_tokens = [list(path) for path in num_draft_tokens]
+            kwargs.update(num_draft_tokens=num_draft_tokens, return_dict_in_generate=True)
             if mode.cache_implementation is not None:
                 kwargs["cache_implementation"] = mode.cache_implementation
     torch.manual_seed(seed)

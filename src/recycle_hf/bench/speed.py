@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..draft_length_recyclegpt import check_num_draft_tokens
+from ..draft_tree_recyclegpt import is_tree_spec
 from .checks import compare_outputs, merged_checks
 from .environment import environment_info
 from .measurements import (
@@ -58,6 +59,8 @@ class SpeedSettings:
 
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     num_draft_tokens: tuple[int, ...] = DEFAULT_NUM_DRAFT_TOKENS_SWEEP
+    # Draft trees measured as modes `verify_treeN` (each a list of paths, as `generate` takes it).
+    draft_trees: tuple[Any, ...] = ()
     mode_names: tuple[str, ...] | None = None
     max_new_tokens: int = 64
     repeats: int = 3
@@ -85,6 +88,10 @@ class SpeedSettings:
                              f"{self.num_draft_tokens}.")
         for value in self.num_draft_tokens:
             check_num_draft_tokens(value)
+        for tree in self.draft_trees:
+            if not is_tree_spec(tree):
+                raise ValueError(f"draft trees must be lists of paths such as [[0], [1], [0, 0]], got {tree!r}.")
+            check_num_draft_tokens(tree)
 
     def resolved_warmup(self, device: torch.device) -> int:
         # Compiled CUDA graphs are recorded over the first calls: accelerators need more warm-up than the CPU.
@@ -113,7 +120,8 @@ class SpeedBenchmark:
 
     def _select_modes(self) -> list[DecodingMode]:
         static_compile = self.settings.resolved_static_compile(self.device)
-        available = decoding_modes(self.settings.num_draft_tokens, static_compiled=static_compile)
+        available = decoding_modes(self.settings.num_draft_tokens, static_compiled=static_compile,
+                                   draft_trees=self.settings.draft_trees)
         if self.settings.mode_names is None:
             return available
         by_name = {mode.name: mode for mode in available}

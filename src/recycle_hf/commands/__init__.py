@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -42,10 +43,18 @@ non_negative_float = bounded(float, 0)
 fraction = bounded(float, 0, 1)
 
 
-def num_draft_tokens_option(text: str) -> int | str:
-    """`--num-draft-tokens`: "auto" or an integer, checked as `generate` checks `num_draft_tokens`."""
-    value: int | str = text
-    if text != "auto":
+def num_draft_tokens_option(text: str) -> Any:
+    """`--num-draft-tokens`: "auto", an integer, or a draft tree in JSON ('[[0], [1], [0, 0]]'), checked as
+    `generate` checks `num_draft_tokens`."""
+    value: Any = text
+    if text.strip().startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"a draft tree must be JSON such as '[[0], [1], [0, 0]]', got {text!r}"
+            ) from None
+    elif text != "auto":
         try:
             value = int(text)
         except ValueError:
@@ -64,6 +73,24 @@ def num_draft_tokens_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,3, got {text!r} (the "
                                          "benchmarks measure 'auto' as a mode of its own)")
     return values
+
+
+def _is_list_of_lists(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, list) for item in value)
+
+
+def draft_trees_option(text: str) -> tuple[Any, ...]:
+    """`--draft-trees` of the benchmarks: a JSON list of trees, e.g. '[[[0], [1], [0, 0]], [[0], [1]]]'."""
+    try:
+        trees = json.loads(text)
+    except ValueError:
+        trees = None
+    if not isinstance(trees, list) or not trees or not all(_is_list_of_lists(tree) for tree in trees):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of draft trees such as '[[[0], [1], [0, 0]]]', got "
+                                         f"{text!r}")
+    for tree in trees:
+        num_draft_tokens_option(json.dumps(tree))
+    return tuple(trees)
 
 
 def option_values(args: argparse.Namespace, *names: str) -> dict[str, Any]:

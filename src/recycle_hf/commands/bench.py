@@ -14,7 +14,7 @@ from ..bench.quality import DEFAULT_QUALITY_NUM_DRAFT_TOKENS, QualitySettings, r
 from ..bench.report import quality_markdown, speed_markdown, write_quality_results, write_speed_results
 from ..bench.speed import DEFAULT_BATCH_SIZES, SpeedSettings, run_speed_benchmark
 from ..loading import DTYPES
-from . import num_draft_tokens_list, option_values
+from . import draft_trees_option, num_draft_tokens_list, option_values
 
 
 HELP = (
@@ -91,6 +91,10 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         help="verify-mode k values"
     )
     parser.add_argument(
+        "--draft-trees", type=draft_trees_option, default=(),
+        help="draft trees measured as modes verify_treeN, a JSON list of trees: '[[[0], [1], [0, 0]]]'",
+    )
+    parser.add_argument(
         "--modes",
         type=lambda text: tuple(part.strip() for part in text.split(",") if part.strip()),
         help="subset of modes, e.g. hf_generate,alternate,verify_k3 (default: all)",
@@ -120,6 +124,7 @@ def run_speed_command(args: argparse.Namespace) -> int:
         **option_values(args, "batch_sizes", "max_new_tokens", "repeats", "warmup", "prompt_length", "seed",
                         "acceptance_from", "prompt_sets", "prompts_file"),
         num_draft_tokens=args.num_draft_tokens,
+        draft_trees=args.draft_trees,
         mode_names=args.modes,
         do_sample=args.sample,
         static_compile={"auto": None, "on": True, "off": False}[args.static_compile],

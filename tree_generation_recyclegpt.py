@@ -1,0 +1,1 @@
+src/recycle_hf/tree_generation_recyclegpt.py
