@@ -482,3 +482,23 @@ def test_quality_defaults_are_fixed_draft_lengths():
     parser = argparse.ArgumentParser()
     add_quality_arguments(parser)
     assert parser.parse_args(["--base", "default"]).num_draft_tokens == (3,)
+
+
+def test_draft_trees_are_modes_of_their_own_and_project_by_their_shape():
+    tree = [[0], [1], [0, 0]]
+    settings = quick_settings(mode_names=("hf_generate", "verify_k1", "verify_tree3"), batch_sizes=(3,),
+                              draft_trees=(tree,))
+    results = run_speed_benchmark(tiny_bench_model(), settings)
+    record = records_by_mode(results, 3)["verify_tree3"]
+    assert record["status"] == "ok" and record["num_draft_tokens"] == tree
+    assert record["tokens_per_row"] == MAX_NEW_TOKENS
+    assert results["checks"]["3"]["verify_equals_plain"] is True
+    assert results["checks"]["3"]["verify_tree3"]["all_identical"] is True
+    names = [mode.name for mode in decoding_modes((1,), False, draft_trees=(tree, [[0], [1], [2]]))]
+    assert "verify_tree3_1" in names and "verify_tree3_2" in names and "verify_tree3_1_loop" in names
+    # A real run's tree records project onto a tiny run's tree records of the same shape (JSON lists as keys).
+    real = {"model": {"name": "real"}, "results": [dict(record, tokens_per_base_forward=2.0)]}
+    [projection] = [p for p in project_verify_speed(results, real) if p["mode"] == "verify_tree3"]
+    assert projection["tokens_per_base_forward"] == 2.0
+    with pytest.raises(ValueError, match="listed twice"):
+        quick_settings(draft_trees=([[0], [0]],)).validate()

@@ -92,7 +92,7 @@ def summarize_measurement(measurement: ModeMeasurement, ratios: dict[str, float 
         "batch_size": measurement.batch_size,
         "mode": mode.name,
         "recycle_mode": mode.recycle_mode,
-        "num_draft_tokens": mode.num_draft_tokens,
+        "num_draft_tokens": mode.generate_num_draft_tokens,
         "run_id": measurement.run_id,
         "prompts_digest": measurement.prompts_digest,
         "max_new_tokens": measurement.max_new_tokens,

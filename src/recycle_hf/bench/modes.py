@@ -37,6 +37,13 @@ class DecodingMode:
     prompt_lookup: bool = False
 
     @property
+    def generate_num_draft_tokens(self) -> Any:
+        """`num_draft_tokens` as `generate` takes it (a tree as a list of lists, as JSON records it)."""
+        if isinstance(self.num_draft_tokens, tuple):
+            return [list(path) for path in self.num_draft_tokens]
+        return self.num_draft_tokens
+
+    @property
     def uses_recycle_loop(self) -> bool:
         return self.recycle_mode is not None
 
@@ -136,10 +143,7 @@ def generate_once(
         generate = model.generate
         kwargs["recycle_mode"] = mode.recycle_mode
         if mode.uses_recycle_loop:
-            num_draft_tokens = mode.num_draft_tokens
-            if isinstance(num_draft_tokens, tuple):
-                num_draft_tokens = [list(path) for path in num_draft_tokens]
-            kwargs.update(num_draft_tokens=num_draft_tokens, return_dict_in_generate=True)
+            kwargs.update(num_draft_tokens=mode.generate_num_draft_tokens, return_dict_in_generate=True)
             if mode.cache_implementation is not None:
                 kwargs["cache_implementation"] = mode.cache_implementation
     torch.manual_seed(seed)
