@@ -152,16 +152,6 @@ def acceptance_by_rank(
     return profile
 
 
-def acceptance_profile(accepted_per_step: torch.Tensor, num_drafts: int) -> list[float]:
-    """a_1..a_k from per-row accepted counts of verify steps (each entry one row of one step)."""
-    profile = []
-    for depth in range(num_drafts):
-        reached = (accepted_per_step >= depth).sum().item()
-        kept = (accepted_per_step >= depth + 1).sum().item()
-        profile.append(kept / reached if reached else 0.0)
-    return profile
-
-
 def calibration_file() -> Path:
     """Where measured choices are kept: $RECYCLE_HF_CALIBRATION, else draft_lengths.json in $RECYCLE_HF_CACHE or
     ~/.cache/recycle_hf."""
@@ -450,7 +440,6 @@ __all__ = [
     "stored_choice",
     "DraftLengthChoices",
     "DraftLengthMeasurement",
-    "acceptance_profile",
     "calibration_file",
     "calibration_key",
     "acceptance_by_rank",

@@ -294,11 +294,24 @@ class StaticRecycleDecoder:
         drafts, draft_probs = self.draft(state)
         base = self.base_states(torch.cat([state.newest_tokens.unsqueeze(1), drafts], dim=1), state.base_lengths)
         accepted, next_tokens = self.accept(drafts, draft_probs, base)
+        return self.finish_step(state, drafts, accepted, next_tokens, base)
+
+    def finish_step(
+        self,
+        state: StaticDecodingState,
+        drafts: torch.Tensor,
+        accepted: torch.Tensor,
+        next_tokens: torch.Tensor,
+        base: torch.Tensor,
+        accepted_query: torch.Tensor | None = None,
+    ) -> StaticStepOutput:
+        """What every step does once it has accepted: commit the first `accepted` of `drafts` [B, D] and the base's
+        own `next_tokens`, catch the module up on them from the base states `base` [B, D + 1, .] that precede them
+        (drafting used the module's own), and advance the rows still generating."""
         # offered[:, :accepted + 1] = the accepted drafts, then the base's own token; later columns are unused.
         offered = torch.cat([drafts, next_tokens.unsqueeze(1)], dim=1)
         offered = offered.scatter(1, accepted.unsqueeze(1), next_tokens.unsqueeze(1))
         output_ids, new_counts, unfinished, counts = self.commit(state, offered, accepted + 1)
-        # Module entries for the accepted slots, from the true base states (drafting used the module's own).
         module = self.module_states(offered, base, state.base_lengths + 1)
         draft_states = module.gather(1, accepted[:, None, None].expand(-1, 1, module.shape[-1]))
         # Rows that stopped stay where they are, so that their (discarded) writes never leave the cache.
@@ -314,7 +327,8 @@ class StaticRecycleDecoder:
             accepted_drafts=state.accepted_drafts + torch.where(generating, accepted, 0).sum(),
             generating_row_steps=state.generating_row_steps + generating.long().sum(),
         )
-        return StaticStepOutput(state=new_state, emitted_tokens=offered, emitted_counts=counts, accepted=accepted)
+        return StaticStepOutput(state=new_state, emitted_tokens=offered, emitted_counts=counts, accepted=accepted,
+                                accepted_query=accepted_query)
 
     # --------------------------------------------------------------------------------------------- prefill, run
     def prefill(self) -> StaticStepOutput:

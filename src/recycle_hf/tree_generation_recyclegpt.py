@@ -132,30 +132,10 @@ class StaticTreeDecoder(StaticRecycleDecoder):
         )
         accepted, best_query, next_tokens = self.accept_path(nodes, base)
         path = self.tables.path_nodes[best_query]  # [B, D]
-        # offered[:, :accepted + 1] = the accepted path, then the base's own token; later columns are unused.
-        offered = torch.cat([nodes.gather(1, path), next_tokens.unsqueeze(1)], dim=1)
-        offered = offered.scatter(1, accepted.unsqueeze(1), next_tokens.unsqueeze(1))
-        output_ids, new_counts, unfinished, counts = self.commit(state, offered, accepted + 1)
         self.move_path_to_contiguous_slots(root_slots, path)
-        # The module's entries for the path, from the true base states along it (drafting used the module's own).
         base_along_path = base.gather(1, torch.cat([torch.zeros_like(path[:, :1]), path + 1], dim=1)
                                       .unsqueeze(-1).expand(-1, -1, base.shape[-1]))
-        module = self.module_states(offered, base_along_path, root_slots + 1)
-        draft_states = module.gather(1, accepted[:, None, None].expand(-1, 1, module.shape[-1]))
-        advance = torch.where(unfinished, accepted + 1, torch.zeros_like(accepted))
-        generating = state.unfinished
-        new_state = StaticDecodingState(
-            newest_tokens=next_tokens,
-            base_lengths=root_slots + advance,
-            draft_states=draft_states,
-            output_ids=output_ids,
-            new_counts=new_counts,
-            unfinished=unfinished,
-            accepted_drafts=state.accepted_drafts + torch.where(generating, accepted, 0).sum(),
-            generating_row_steps=state.generating_row_steps + generating.long().sum(),
-        )
-        return StaticStepOutput(state=new_state, emitted_tokens=offered, emitted_counts=counts, accepted=accepted,
-                                accepted_query=best_query)
+        return self.finish_step(state, nodes.gather(1, path), accepted, next_tokens, base_along_path, best_query)
 
 
 def static_decoder(
