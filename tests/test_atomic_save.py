@@ -257,12 +257,23 @@ def test_staged_file_replaces_the_file_only_when_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
 
 
-def _save_forever(target: Path, versions: list, ready_fd: int) -> None:
-    """A child process's life: save the versions in turn into `target` until it is killed."""
+def _save_forever(target: Path, versions: list, ready_fd: int, hold_fd: int) -> None:
+    """A child process's life: save the versions in turn into `target` until it is killed. Before it writes each
+    weights file it says so on `ready_fd` (b"w") and waits for one byte on `hold_fd`: the parent then kills it inside
+    a save, or lets it go on. No sleep length decides where a kill lands."""
+    import transformers.modeling_utils as modeling_utils
     from transformers.utils import logging as transformers_logging
 
     # tqdm's write lock is a semaphore shared across fork: a child killed while holding it would block the parent.
     transformers_logging.disable_progress_bar()
+    write_weights = modeling_utils.safe_save_file
+
+    def announced_write(*args, **kwargs):
+        os.write(ready_fd, b"w")
+        os.read(hold_fd, 1)
+        return write_weights(*args, **kwargs)
+
+    modeling_utils.safe_save_file = announced_write
     os.write(ready_fd, b"r")
     index = 0
     while True:
@@ -281,23 +292,39 @@ def test_saves_killed_at_random_moments_leave_a_loadable_version_and_the_next_sa
     versions = [tiny_recycle_model("llama", seed=1), tiny_recycle_model("llama", seed=2)]
     states = [model.state_dict() for model in versions]
     target = tmp_path / "checkpoint"
+    versions[0].save_pretrained(target)  # a complete version exists before the first kill
     rounds = random.Random(27)
     outcomes = []
-    for _ in range(20):
+    for round_index in range(20):
         read_fd, write_fd = os.pipe()
+        hold_read_fd, hold_write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: a real process that saves until SIGKILL, whatever it is doing then
             try:
                 os.close(read_fd)
-                _save_forever(target, versions, write_fd)
+                os.close(hold_write_fd)
+                _save_forever(target, versions, write_fd, hold_read_fd)
             finally:
                 os._exit(1)
         os.close(write_fd)
+        os.close(hold_read_fd)
         assert os.read(read_fd, 1) == b"r"
-        os.close(read_fd)
-        time.sleep(rounds.uniform(0.0, 0.3))
+        # Odd rounds kill at a weights write (inside a save, its staging folder half-written), chosen by count, the
+        # last round among them; even rounds let every write go and kill at a random moment (between saves, in a
+        # rename, anywhere).
+        writes_before_kill = rounds.randint(1, 4) if round_index % 2 == 1 else None
+        if writes_before_kill is None:
+            os.write(hold_write_fd, b"g" * 4096)  # enough for every write the child reaches before the kill
+            time.sleep(rounds.uniform(0.0, 0.3))
+        else:
+            for _ in range(writes_before_kill - 1):
+                assert os.read(read_fd, 1) == b"w"
+                os.write(hold_write_fd, b"g")
+            assert os.read(read_fd, 1) == b"w"  # the child waits inside a save
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        os.close(read_fd)
+        os.close(hold_write_fd)
         if target.exists():
             folder, outcomes = target, outcomes + ["target"]
         else:  # killed between the renames: the loader names the newest complete version
@@ -310,7 +337,7 @@ def test_saves_killed_at_random_moments_leave_a_loadable_version_and_the_next_sa
         if folder != target:
             os.replace(folder, target)  # as the error says
     leftovers = [entry for entry in tmp_path.iterdir() if entry.name.startswith(".checkpoint.")]
-    assert leftovers, "no kill landed inside a save"
+    assert leftovers, "a kill inside a save left no staging folder"
 
     # A save that is still running (its process alive) keeps its folder; the dead saves' folders go.
     sleeper = subprocess.Popen(["sleep", "120"])

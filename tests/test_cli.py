@@ -187,3 +187,23 @@ def test_bounded_option_types():
     for parse, text in cases:
         with pytest.raises(Exception, match="expected"):
             parse(text)
+
+
+def test_calibrate_measures_again_and_shows_what_is_kept(tmp_path, monkeypatch, capsys):
+    """`recycle-hf calibrate --again` measures the product forms and auto's choice per batch size; `--show` lists
+    both files, with what each choice was measured under."""
+    monkeypatch.setenv("RECYCLE_HF_CALIBRATION", str(tmp_path / "kept" / "draft_lengths.json"))
+    # Wide enough (256 x 512 weights) that its products are worth measuring.
+    save_tiny_base_with_tokenizer(tmp_path / "base", hidden_size=256, intermediate_size=512)
+    graft_recycle_module(AutoModelForCausalLM.from_pretrained(tmp_path / "base")).save_adapter(tmp_path / "adapter")
+    model_arguments = ["--base", str(tmp_path / "base"), "--adapter", str(tmp_path / "adapter")]
+    assert main(["calibrate", "--again", *model_arguments, "--batch-sizes", "1,2", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "batch 1: num_draft_tokens='auto' -> " in printed and "batch 2: num_draft_tokens='auto' -> " in printed
+    assert main(["calibrate", "--show"]) == 0
+    shown = capsys.readouterr().out
+    assert f"choices in {tmp_path / 'kept' / 'draft_lengths.json'}: 2" in shown
+    assert shown.count("  batch ") == 2 and "measured 20" in shown and "load " in shown
+    assert "few-row product forms in" in shown and "512x256/float32: swapped at" in shown
+    with pytest.raises(SystemExit):
+        main(["calibrate"])  # --show or --again

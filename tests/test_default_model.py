@@ -62,6 +62,23 @@ def test_trained_module_verify_equals_plain_and_accepts_drafts(default_model):
     assert output.recycle_stats["tokens_per_base_forward"] > 1.4
 
 
+@pytest.mark.parametrize("form", ["linear", "swapped"])
+def test_verify_equals_plain_with_either_product_form(default_model, form, monkeypatch):
+    """Both few-row product forms (each CPU kind takes one or a mix, measured): lossless either way, batched and
+    alone, on the fast path with the draft vocabulary head."""
+    monkeypatch.setenv("RECYCLE_HF_PRODUCT_FORMS", form)
+    model, tokenizer = default_model
+    tokenizer.padding_side = "left"
+    prompts = [format_prompt(tokenizer, prompt, use_chat_template=True) for prompt in HELDOUT_PROMPTS[4:7]]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    plain = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+    for num_draft_tokens in (1, 3, [[0], [1], [0, 0]]):
+        output = model.generate(**inputs, max_new_tokens=32, do_sample=False, recycle_mode="verify",
+                                num_draft_tokens=num_draft_tokens, return_dict_in_generate=True)
+        assert output.recycle_stats["decoding_path"] == "static"
+        assert torch.equal(output.sequences, plain), (form, num_draft_tokens)
+
+
 def test_trained_module_agrees_with_the_base_on_held_out_text(default_model):
     """Teacher-forced on the base's own greedy answers to held-out prompts: the module's top-1 equals the base's.
 

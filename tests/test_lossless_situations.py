@@ -178,7 +178,8 @@ def test_invalid_stored_choices_are_measured_again_with_one_warning(stored, tmp_
     assert len(draft_length_choices(model).measured) == 1
     rewritten = json.loads(path.read_text())
     assert rewritten["another-model"] == 2
-    assert rewritten[key] == output.recycle_stats["num_draft_tokens"] and type(rewritten[key]) is int
+    assert rewritten[key]["choice"] == output.recycle_stats["num_draft_tokens"]
+    assert type(rewritten[key]["choice"]) is int
 
 
 @pytest.mark.parametrize("content", ['{"abc": 3', "", "[1, 2]", "\x00\x01garbage"])
@@ -198,13 +199,13 @@ def test_an_unreadable_choice_file_is_measured_again_and_rewritten_whole(content
 _WRITER = """
 import sys, time
 from pathlib import Path
-from recycle_hf.draft_length_recyclegpt import _write_choice
+from recycle_hf.draft_length_recyclegpt import write_choice
 path, writer, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 (go.parent / f"ready-{writer}").touch()
 while not go.exists():  # every writer starts at once
     time.sleep(0.001)
 for index in range(60):
-    _write_choice(path, f"{writer}-{index}", index % 6)
+    write_choice(path, f"{writer}-{index}", index % 6)
 """
 
 

@@ -7,13 +7,9 @@ from torch._dynamo.testing import CompileCounter
 from transformers import CompileConfig, LlamaConfig, StoppingCriteria, StoppingCriteriaList
 
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
-from recycle_hf.draft_length_recyclegpt import (
-    MAX_AUTO_DRAFT_TOKENS,
-    PLAIN_MARGIN,
-    choose_draft_length,
-    draft_length_choices,
-    expected_tokens_per_step,
-)
+from recycle_hf.draft_choice_recyclegpt import decide_draft_shape
+from recycle_hf.draft_length_recyclegpt import MAX_AUTO_DRAFT_TOKENS, draft_length_choices
+from recycle_hf.draft_tree_recyclegpt import DraftTree
 from recycle_hf.static_generation_recyclegpt import SLOT_BUCKET
 
 from conftest import PAD, VOCAB_SIZE, left_padded_batch, tiny_recycle_model
@@ -224,11 +220,19 @@ def test_no_compilation_on_the_cpu_unless_asked_for_as_transformers_is_asked():
 
 # ------------------------------------------------------------------------------------------ num_draft_tokens
 def test_expected_tokens_and_the_choice_of_k():
-    assert expected_tokens_per_step([0.5, 0.5], 2) == 1.75
+    assert DraftTree.chain(2).expected_tokens([[0.5], [0.5]]) == 1.75
     costs = {1: 1.2, 2: 1.4, 3: 1.6}
-    assert choose_draft_length([0.0], costs, plain_seconds=1.0) == 0
-    assert choose_draft_length([1.0], costs, plain_seconds=1.0) == 3
-    assert choose_draft_length([0.9, 0.2, 0.1], costs, plain_seconds=1.0) == 1
+    rounds = {k: [cost * (1 + 0.01 * i) for i in range(9)] for k, cost in costs.items()}
+    plain_rounds = [1.0 * (1 + 0.01 * i) for i in range(9)]
+
+    def choice(acceptance):
+        by_depth = [[acceptance[min(depth, len(acceptance) - 1)]] for depth in range(3)]
+        expected = {k: DraftTree.chain(k).expected_tokens(by_depth) for k in costs}
+        return decide_draft_shape(expected, rounds, plain_rounds).shape
+
+    assert choice([0.0]) == 0
+    assert choice([1.0]) == 3
+    assert choice([0.9, 0.2, 0.1]) == 1
 
 
 def oracle_model(agrees):
@@ -258,14 +262,14 @@ def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, 
     assert torch.equal(output.sequences, expected)
     choices = draft_length_choices(model)
     (measurement,) = choices.measured.values()
-    assert measurement.choice == choose_draft_length(
-        measurement.acceptance, measurement.step_seconds, measurement.plain_seconds
-    )
+    decision = decide_draft_shape(measurement.expected_tokens, measurement.step_seconds, measurement.plain_seconds)
+    assert decision == measurement.decision and measurement.choice == decision.shape
+    assert output.recycle_stats["num_draft_tokens_source"].startswith("auto, ")
     if agrees:
         assert measurement.acceptance == [1.0] * MAX_AUTO_DRAFT_TOKENS
-        # Every draft pays, so a long draft wins; which of the longest is fastest is the timings' call.
-        assert output.recycle_stats["num_draft_tokens"] >= MAX_AUTO_DRAFT_TOKENS - 2
-        assert output.recycle_stats["tokens_per_base_forward"] > 2.5  # 8 tokens in 3 base forwards at k >= 3
+        # Every draft pays: a longer chain than k=1 wins beyond the noise; how long is the timings' call.
+        assert decision.decided and output.recycle_stats["num_draft_tokens"] >= 2
+        assert output.recycle_stats["tokens_per_base_forward"] > 2.5  # 8 tokens in 3 base forwards at k >= 2
     else:
         # Nothing is ever accepted: a step yields one token, so only a step cheaper than a plain token (possible on
         # a tiny model, where `generate`'s own overhead dominates) may be chosen over plain decoding.
@@ -274,13 +278,15 @@ def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, 
             assert output.recycle_stats["decoding_path"] == "plain"  # k = 0: the base's own generate ran
             assert output.recycle_stats["num_draft_tokens"] == 0
         else:
-            assert measurement.step_seconds[measurement.choice] * PLAIN_MARGIN < measurement.plain_seconds
+            assert decision.decided and decision.speedup.low > 1
             assert output.recycle_stats["num_draft_tokens"] == measurement.choice
-    # Kept: neither a later call in this process nor a new process (only the file remembers) measures again.
+    # Kept when decided: neither a later call in this process nor a new process (only the file remembers) measures
+    # again. A provisional choice is measured again by the next call.
     model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify")
     choices.forget()
     model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify")
-    assert len(choices.measured) == 1
+    (latest,) = choices.measured.values()
+    assert (latest is measurement) == decision.decided
     assert (tmp_path / "draft_lengths.json").is_file()
 
 

@@ -9,11 +9,11 @@ from test_static_generation import FAMILIES, compile_config, oracle_model, plain
 from torch._dynamo.testing import CompileCounter
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
+from recycle_hf.draft_choice_recyclegpt import decide_draft_shape
 from recycle_hf.draft_length_recyclegpt import (
     acceptance_by_rank,
     calibration_file,
     calibration_key,
-    choose_draft_shape,
     draft_length_choices,
 )
 from recycle_hf.draft_tree_recyclegpt import DraftTree, best_draft_tree, spine_tree
@@ -217,11 +217,17 @@ def test_auto_chooses_a_tree_only_where_it_is_faster_per_second():
     by_rank = [[0.5, 0.3], [0.5, 0.3]]
     tree = best_draft_tree(by_rank, 3)
     assert not tree.is_chain
+    shapes = {1: DraftTree.chain(1), 2: DraftTree.chain(2), "tree3": tree}
+
+    def choice(step_costs, acceptance=by_rank):
+        expected = {name: shape.expected_tokens(acceptance) for name, shape in shapes.items()}
+        rounds = {name: [cost * (1 + 0.02 * (i % 3)) for i in range(9)] for name, cost in step_costs.items()}
+        return decide_draft_shape(expected, rounds, [1.0 * (1 + 0.02 * (i % 3)) for i in range(9)]).shape
+
     fast_tree = {1: 1.0, 2: 1.2, "tree3": 1.2}
-    assert choose_draft_shape(by_rank, fast_tree, plain_seconds=1.0, trees={"tree3": tree}) == "tree3"
-    slow_tree = {1: 1.0, 2: 1.2, "tree3": 2.0}
-    assert choose_draft_shape(by_rank, slow_tree, plain_seconds=1.0, trees={"tree3": tree}) == 1
-    assert choose_draft_shape([[0.0, 0.0]], fast_tree, plain_seconds=1.0, trees={"tree3": tree}) == 0
+    assert choice(fast_tree) == "tree3"
+    assert choice({1: 1.0, 2: 1.2, "tree3": 2.0}) == 1
+    assert choice(fast_tree, [[0.0, 0.0]] * 2) == 0
 
 
 def test_auto_measures_trees_for_greedy_calls_and_chains_only_for_sampling(monkeypatch, tmp_path):
@@ -236,8 +242,9 @@ def test_auto_measures_trees_for_greedy_calls_and_chains_only_for_sampling(monke
     greedy_measurement, sampling_measurement = draft_length_choices(model).measured.values()
     # Every first choice is right: acceptance by rank is [1, 0, 0, 0] at every depth, so the best trees are chains.
     assert greedy_measurement.acceptance_by_rank == [[1.0, 0.0, 0.0, 0.0]] * 5
-    assert greedy_measurement.trees == {}
-    assert sampling_measurement.trees == {}
+    chains = list(range(1, 6))
+    assert list(greedy_measurement.candidates) == chains  # no tree beyond the chains
+    assert list(sampling_measurement.candidates) == chains
     assert type(sampling_measurement.choice) is int
 
 

@@ -25,6 +25,7 @@ COMMANDS = {
     ),
     "eval": ("recycle_hf.commands.eval", "run lm-evaluation-harness with the recyclegpt model registered"),
     "bench": ("recycle_hf.commands.bench", "measure decoding speed against plain transformers generate"),
+    "calibrate": ("recycle_hf.commands.calibrate", "show or measure again what auto and the CPU product forms keep"),
     "export": ("recycle_hf.commands.export", "export a trained module for a serving engine (vLLM)"),
 }
 

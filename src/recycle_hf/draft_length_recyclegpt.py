@@ -3,29 +3,29 @@
 decoding.
 
 A verify step with k drafts yields E(k) = 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens per row, where a_i is the
-chance that draft i is accepted once drafts 1..i-1 were (the module's acceptance profile), and costs C(k) seconds.
-A tree generalises this: with p[d][r] the chance that the base's token at depth d is the module's rank-r candidate,
-E(tree) = 1 + the sum over its nodes of the product of p along the node's path (a chain's a_d is p[d][0]); the
-best tree for each node budget is built from the measured p (`draft_tree_recyclegpt.best_draft_tree`). Plain
-decoding costs C_plain per token. auto picks the shape with the highest E / C among chains k = 1..5 and those trees
-(chains only for sampling calls), and 0 (the call goes to plain `generate`) unless that beats 1 / C_plain.
+chance that draft i is accepted once drafts 1..i-1 were. A tree generalises this: with p[d][r] the chance that the
+base's token at depth d is the module's rank-r candidate, E(tree) = 1 + the sum over its nodes of the product of p
+along the node's path (a chain's a_d is p[d][0]); the best tree for each node budget is built from the measured p
+(`draft_tree_recyclegpt.best_draft_tree`).
 
-Both sides are measured, not assumed, because they depend on the machine, the batch size and the module:
-- C(k) and C_plain are timed on this call's own model and batch shape: medians of `TIMED_ROUNDS` eager fast-path
-  steps at each k, taken in rounds (k = 1..5, then again) so that a machine that speeds up or slows down meanwhile
-  shifts every k alike, and the median time between tokens of the base's own `generate`, before and after the steps
-  (read off a stopping criterion, so the prompt's forward, whose noise at batch 16 exceeds a few tokens' cost,
-  stays out). A fitted cost model would
-  need the same timings and adds a model that can be wrong on a new machine;
-- the acceptance by depth and rank comes from greedy steps of a spine tree (`CALIBRATION_RANKS` candidates at each
-  depth below the first choices) in that same calibration, on this call's own prompts.
-A compiled call keeps the eager calibration's choice: timing compiled steps would compile one graph per candidate k
-(about 100 s each on a 2-core CPU), and in the benchmark the eager choice was also the fastest compiled k (SmolLM2,
-batch 1: k=3; docs/BENCHMARKS.md, "Closing measurements for the fast path").
-A calibration changes which forward shapes run and so, in floating point, can change rounding. So the choice is made
-before the first output and kept: in memory for the process and in a JSON file (`calibration_file()`) for later
-processes, keyed by model, dtype, device, thread count and batch size. The same inputs then give the same k, and the
-same tokens, in every call and process on a machine; delete the file to measure again, or pass an integer k.
+What is measured, on this call's own model, prompts and batch shape:
+- the acceptance by depth and rank, counted over greedy steps of a spine tree (`CALIBRATION_RANKS` candidates at
+  each depth below the first choices): counts, which do not depend on the machine's load;
+- `TIMED_ROUNDS` rounds, each of a few plain tokens (the base's own `generate`, read off a stopping criterion so that
+  the prompt's forward stays out) and one eager fast-path step of every candidate (chains k = 1..5 and the best
+  trees; chains only for sampling calls), in alternating order.
+The decision from these is `draft_choice_recyclegpt.decide_draft_shape`: paired ratios to plain decoding, a more
+complex shape only where it is faster beyond the noise, plain decoding where it is faster beyond the noise, and a
+provisional fallback (plain decoding) where the noise decides nothing.
+
+A compiled call keeps the eager calibration's choice: timing compiled steps would compile one graph per candidate.
+A calibration changes which forward shapes run and so, in floating point, can change rounding. So a decided choice
+is made before the first output and kept: in memory for the process and in a JSON file (`calibration_file()`) for
+later processes, keyed by model, dtype, device, thread count, batch size and method, with what it was measured
+under (speed-up and its interval, load, CPU, date). The same inputs then give the same shape, and the same tokens,
+in every call and process on a machine. A provisional choice is recorded as such and measured again by the next
+call (at most `MAX_PROVISIONAL_CALIBRATIONS` times per process, so a machine that stays too noisy stops paying for
+calibrations). `recycle-hf calibrate --show` lists the file, `--again` measures again.
 
 This file is remote code: a checkpoint folder carries it, so it imports only torch and transformers.
 """
@@ -33,7 +33,6 @@ This file is remote code: a checkpoint folder carries it, so it imports only tor
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -49,8 +48,9 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.utils import logging
 
+from .draft_choice_recyclegpt import DraftShapeDecision, decide_draft_shape
 from .draft_tree_recyclegpt import DraftTree, best_draft_tree, check_tree_paths, is_tree_spec, spine_tree
-from .few_row_products_recyclegpt import few_row_products
+from .few_row_products_recyclegpt import describe_machine, few_row_products
 from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
 from .tree_generation_recyclegpt import static_decoder
 
@@ -60,24 +60,25 @@ logger = logging.get_logger(__name__)
 # More drafts than this never pay: acceptance falls with depth, and every draft costs a module forward.
 MAX_NUM_DRAFT_TOKENS = 16
 MAX_AUTO_DRAFT_TOKENS = 5
-TIMED_ROUNDS = 7
+TIMED_ROUNDS = 9
 # Spine-tree steps whose accepted paths measure the acceptance by depth and rank, and the weight of the prior that
 # steadies the deeper depths' few samples (`acceptance_by_rank`).
 ACCEPTANCE_STEPS = 24
 ACCEPTANCE_PRIOR_WEIGHT = 4.0
 # A calibration's token budget: room for every step at the largest k.
 CALIBRATION_TOKENS = (max(ACCEPTANCE_STEPS, TIMED_ROUNDS + 1) + 1) * (MAX_AUTO_DRAFT_TOKENS + 1)
-PLAIN_TIMED_TOKENS = 8
-# A draft length must beat plain decoding by this much to be chosen: calibration medians still carry noise.
-PLAIN_MARGIN = 1.05
+# Plain tokens timed in each round (their median is the round's plain cost per token).
+PLAIN_TIMED_TOKENS = 4
 # Part of every calibration key: a new way of measuring, or a change to the step that shifts what it costs, makes
-# choices kept by an older one measure again (4: few-row products contiguous, one row of a vocabulary head swapped;
-# 5: acceptance by depth and rank from a spine tree, trees among the candidates).
-CALIBRATION_METHOD = 5
+# choices kept by an older one measure again (5: acceptance by depth and rank from a spine tree, trees among the
+# candidates; 6: paired rounds against plain decoding, decisions beyond the noise, product forms per machine).
+CALIBRATION_METHOD = 6
 # The calibration's spine tree offers this many candidates at each depth: it measures acceptance by rank 0..3.
 CALIBRATION_RANKS = 4
 # Node budgets of the trees auto times beside the chains (each the best tree for the measured acceptance).
 TREE_NODE_BUDGETS = (2, 3, 4, 6, 8, 12, 16)
+# Undecided calibrations a process runs for one key before it keeps the last (plain decoding) for the process.
+MAX_PROVISIONAL_CALIBRATIONS = 3
 
 
 def check_num_draft_tokens(num_draft_tokens: Any) -> None:
@@ -94,42 +95,6 @@ def check_num_draft_tokens(num_draft_tokens: Any) -> None:
             f"num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to {MAX_NUM_DRAFT_TOKENS} (or a "
             f"draft tree such as [[0], [1], [0, 0]]), got {num_draft_tokens!r}."
         )
-
-
-def expected_tokens_per_step(acceptance: Sequence[float], num_drafts: int) -> float:
-    """E(k): tokens a row gains per verify step with `num_drafts` drafts, from the per-depth acceptance profile."""
-    expected, all_kept = 1.0, 1.0
-    for depth in range(num_drafts):
-        all_kept *= acceptance[min(depth, len(acceptance) - 1)] if acceptance else 0.0
-        expected += all_kept
-    return expected
-
-
-def choose_draft_length(
-    acceptance: Sequence[float], step_seconds: dict[int, float], plain_seconds: float
-) -> int:
-    """The k in `step_seconds` with the highest tokens per second, or 0 where none beats plain decoding."""
-    best_k, best_rate = 0, PLAIN_MARGIN / plain_seconds
-    for num_drafts in sorted(step_seconds):
-        rate = expected_tokens_per_step(acceptance, num_drafts) / step_seconds[num_drafts]
-        if rate > best_rate:
-            best_k, best_rate = num_drafts, rate
-    return best_k
-
-
-def choose_draft_shape(
-    acceptance_by_rank: Sequence[Sequence[float]], step_seconds: dict[Any, float], plain_seconds: float,
-    trees: dict[Any, DraftTree],
-) -> Any:
-    """The shape in `step_seconds` (an integer k: a chain; else a name in `trees`) with the most expected tokens per
-    second under the measured acceptance by depth and rank, or 0 where none beats plain decoding."""
-    best, best_rate = 0, PLAIN_MARGIN / plain_seconds
-    for shape, seconds in step_seconds.items():
-        tree = trees[shape] if shape in trees else DraftTree.chain(shape)
-        rate = tree.expected_tokens(acceptance_by_rank) / seconds
-        if rate > best_rate:
-            best, best_rate = shape, rate
-    return best
 
 
 def acceptance_by_rank(
@@ -200,18 +165,41 @@ def _read_choices(path: Path) -> tuple[dict[str, Any], str | None]:
     return data, None
 
 
-def _checked_choice(value: Any) -> int | list[list[int]]:
-    """A stored choice passes the check a user's `num_draft_tokens` passes, and is a number or a tree, not "auto"."""
+@dataclass(frozen=True)
+class StoredChoice:
+    """One entry of the file: the shape (0, a chain's k, or a tree's paths), whether timings decided it (else it is
+    a provisional fallback, measured again), and what it was measured under (`record`: speed-up, load, CPU, ...)."""
+
+    value: int | list[list[int]]
+    decided: bool
+    record: dict[str, Any]
+
+    def describe(self, path: Path) -> str:
+        measured = self.record.get("measured", "at an unknown time")
+        speedup = self.record.get("speedup")
+        speed = f", {speedup[0]:.2f}x plain [{speedup[1]:.2f}, {speedup[2]:.2f}]" if _is_interval(speedup) else ""
+        return f"stored in {path} (measured {measured}{speed})"
+
+
+def _is_interval(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)
+
+
+def _parsed_entry(entry: Any) -> StoredChoice:
+    """An entry as a `StoredChoice`: a record ({"choice": ..., "decided": ..., ...}) or a bare shape (decided); its
+    shape passes the check a user's `num_draft_tokens` passes, and is a number or a tree, not "auto"."""
+    record = entry if isinstance(entry, dict) else {"choice": entry}
+    value = record.get("choice")
     check_num_draft_tokens(value)
     if value == "auto":
         raise ValueError("a stored choice must be a number or a tree, got 'auto'")
-    return value
+    return StoredChoice(value, record.get("decided", True) is True, record)
 
 
-def _is_valid_choice(value: Any) -> bool:
+def _is_valid_entry(entry: Any) -> bool:
     try:
-        _checked_choice(value)
-    except ValueError:
+        _parsed_entry(entry)
+    except (ValueError, TypeError):
         return False
     return True
 
@@ -233,15 +221,15 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_choice(path: Path, key: str, num_drafts: int | list[list[int]]) -> None:
-    """Add one choice to the file, under the file's lock and atomically (written beside it, then renamed): a kill
+def write_choice(path: Path, key: str, entry: dict[str, Any] | int | list[list[int]]) -> None:
+    """Add one entry to the file, under the file's lock and atomically (written beside it, then renamed): a kill
     never leaves half a file, and concurrent writers keep every entry. Entries that fail the check are dropped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(path):
             stored, _ = _read_choices(path)
-            choices = {name: value for name, value in stored.items() if _is_valid_choice(value)}
-            choices[key] = num_drafts
+            choices = {name: value for name, value in stored.items() if _is_valid_entry(value)}
+            choices[key] = entry
             with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
                 json.dump(choices, handle, indent=1, sort_keys=True)
             os.replace(handle.name, path)
@@ -249,8 +237,14 @@ def _write_choice(path: Path, key: str, num_drafts: int | list[list[int]]) -> No
         logger.warning("Could not record the draft length in %s: %s", path, error)
 
 
-def stored_choice(path: Path, key: str) -> int | list[list[int]] | None:
-    """The choice `path` holds for `key`, or None: also where the file is unreadable or malformed or the entry is
+def stored_choices(path: Path) -> dict[str, StoredChoice]:
+    """Every valid entry of the file (for `recycle-hf calibrate --show`)."""
+    stored, _ = _read_choices(path)
+    return {key: _parsed_entry(entry) for key, entry in stored.items() if _is_valid_entry(entry)}
+
+
+def stored_choice(path: Path, key: str) -> StoredChoice | None:
+    """The entry `path` holds for `key`, or None: also where the file is unreadable or malformed or the entry is
     invalid, each with one warning naming the file (the caller then measures again and rewrites the entry)."""
     stored, problem = _read_choices(path)
     if problem is not None:
@@ -260,8 +254,8 @@ def stored_choice(path: Path, key: str) -> int | list[list[int]] | None:
     if key not in stored:
         return None
     try:
-        return _checked_choice(stored[key])
-    except ValueError as error:
+        return _parsed_entry(stored[key])
+    except (ValueError, TypeError) as error:
         logger.warning("Ignoring the draft-length choice %r in %s for this model (%s). Measuring again.",
                        stored[key], path, error)
         return None
@@ -269,59 +263,100 @@ def stored_choice(path: Path, key: str) -> int | list[list[int]] | None:
 
 @dataclass
 class DraftLengthMeasurement:
-    """One calibration: what was measured and the draft shape it chose (0, a chain's k, or a tree's paths)."""
+    """One calibration: what was measured and what it decided."""
 
-    acceptance: list[float]  # by depth: p[d][0], the chain's profile
-    step_seconds: dict[Any, float]  # by shape: k for chains, a name of `trees` for trees
-    plain_seconds: float
-    choice: int | list[list[int]]
-    acceptance_by_rank: list[list[float]] = dataclasses.field(default_factory=list)
-    trees: dict[str, DraftTree] = dataclasses.field(default_factory=dict)
-    chosen_shape: Any = 0  # the key of `step_seconds` chosen (0: plain decoding)
+    acceptance_by_rank: list[list[float]]
+    candidates: dict[Any, DraftTree]  # by name: k for chains, "treeN" for trees; simplest first
+    expected_tokens: dict[Any, float]
+    step_seconds: dict[Any, list[float]]  # by candidate, one sample per round
+    plain_seconds: list[float]  # plain decoding's seconds per token, one per round
+    decision: DraftShapeDecision
+    choice: int | list[list[int]]  # what decodes: 0, a chain's k, or the chosen tree's paths
+    load: float | None  # the 1-minute load average when it ended (None where the OS has none)
+    seconds: float  # how long the calibration took
+
+    @property
+    def acceptance(self) -> list[float]:
+        """By depth: p[d][0], the chain's profile."""
+        return [ranks[0] for ranks in self.acceptance_by_rank]
+
+    def record(self, batch_size: int) -> dict[str, Any]:
+        """The file's entry: the choice with what it was measured under."""
+        speedup = self.decision.speedup
+        return {
+            "choice": self.choice,
+            "decided": self.decision.decided,
+            "reason": self.decision.reason,
+            "speedup": [round(speedup.median, 4), round(speedup.low, 4), round(min(speedup.high, 1e6), 4)],
+            "rounds": speedup.rounds,
+            "load": self.load,
+            "machine": describe_machine(),
+            "batch_size": batch_size,
+            "method": CALIBRATION_METHOD,
+            "seconds": round(self.seconds, 1),
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def candidate_shapes(acceptance: Sequence[Sequence[float]], trees: bool = True) -> dict[Any, DraftTree]:
+    """The shapes auto times, simplest first: chains k = 1..MAX_AUTO_DRAFT_TOKENS, then (with `trees`) the best
+    tree for each node budget of `TREE_NODE_BUDGETS` that is not a chain and not already listed."""
+    candidates: dict[Any, DraftTree] = {k: DraftTree.chain(k) for k in range(1, MAX_AUTO_DRAFT_TOKENS + 1)}
+    for budget in TREE_NODE_BUDGETS if trees else ():
+        tree = best_draft_tree(acceptance, budget)
+        if tree is not None and not tree.is_chain and tree not in candidates.values():
+            candidates[f"tree{budget}"] = tree
+    return candidates
 
 
 @torch.no_grad()  # as in `generate`: with gradients on, every step would record a graph and time too slow
 def measure_draft_length(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, trees: bool = True
 ) -> DraftLengthMeasurement:
-    """Measure the module's acceptance by depth and rank on this batch, build the best tree for each node budget
-    in `TREE_NODE_BUDGETS` from it (with `trees`), time fast-path steps of every chain k = 1..MAX_AUTO_DRAFT_TOKENS
-    and of those trees and plain one-token decoding, and choose (greedy steps, no EOS: a calibration decodes until
-    its budget)."""
+    """Count the module's acceptance by depth and rank on this batch, time the candidate shapes against plain
+    decoding in paired rounds, and decide (`decide_draft_shape`). Greedy steps, no EOS: a calibration decodes until
+    its budget. A progress bar shows the rounds."""
+    started = time.perf_counter()
+    logger.info("num_draft_tokens='auto': measuring the fastest draft shape for batch size %d on %s (kept in %s).",
+                input_ids.shape[0], describe_machine(), calibration_file())
+    progress = logging.tqdm(total=1 + TIMED_ROUNDS, desc="num_draft_tokens='auto': measuring draft shapes",
+                            unit="round", leave=False)
+    with few_row_products(model, input_ids.device):
+        by_rank = measure_acceptance_by_rank(model, input_ids, attention_mask)
+    progress.update()
+    candidates = candidate_shapes(by_rank, trees)
+    step_seconds, plain_seconds = timed_rounds(model, input_ids, attention_mask, candidates, progress.update)
+    progress.close()
+    expected = {name: tree.expected_tokens(by_rank) for name, tree in candidates.items()}
+    decision = decide_draft_shape(expected, step_seconds, plain_seconds)
+    shape = decision.shape
+    choice = candidates[shape].as_lists() if shape in candidates and not candidates[shape].is_chain else shape
+    measurement = DraftLengthMeasurement(by_rank, candidates, expected, step_seconds, plain_seconds, decision, choice,
+                                         _load_average(), time.perf_counter() - started)
     logger.info(
-        "num_draft_tokens='auto': measuring the fastest draft shape for batch size %d (once; kept in %s).",
-        input_ids.shape[0], calibration_file(),
+        "num_draft_tokens='auto' chose %s (%s) in %.1f s: acceptance by depth and rank %s, median step ms %s, "
+        "plain ms per token %.1f.", choice, decision.reason, measurement.seconds,
+        [[round(p, 2) for p in ranks] for ranks in by_rank],
+        {k: round(statistics.median(v) * 1e3, 1) for k, v in step_seconds.items()},
+        statistics.median(plain_seconds) * 1e3,
     )
-    plain_gaps = _plain_token_gaps(model, input_ids, attention_mask)
-    with few_row_products(model, input_ids.device):  # time the steps as decoding will run them
-        by_rank = _acceptance_by_rank(model, input_ids, attention_mask)
-        candidates: dict[Any, DraftTree] = {k: DraftTree.chain(k) for k in range(1, MAX_AUTO_DRAFT_TOKENS + 1)}
-        named_trees: dict[str, DraftTree] = {}
-        for budget in TREE_NODE_BUDGETS if trees else ():
-            tree = best_draft_tree(by_rank, budget)
-            if tree is not None and not tree.is_chain and tree not in named_trees.values():
-                named_trees[f"tree{budget}"] = tree
-        candidates.update(named_trees)
-        step_seconds = _step_seconds(model, input_ids, attention_mask, candidates)
-    plain_seconds = statistics.median(plain_gaps + _plain_token_gaps(model, input_ids, attention_mask))
-    shape = choose_draft_shape(by_rank, step_seconds, plain_seconds, named_trees)
-    choice = named_trees[shape].as_lists() if shape in named_trees else shape
-    logger.info(
-        "num_draft_tokens='auto' chose %s: acceptance by depth and rank %s, step ms by shape %s, plain ms per token "
-        "%.1f.", choice, [[round(p, 2) for p in ranks] for ranks in by_rank],
-        {k: round(v * 1e3, 1) for k, v in step_seconds.items()}, plain_seconds * 1e3,
-    )
-    acceptance = [ranks[0] for ranks in by_rank]
-    return DraftLengthMeasurement(acceptance, step_seconds, plain_seconds, choice, by_rank, named_trees, shape)
+    return measurement
 
 
-def _acceptance_by_rank(
+def measure_acceptance_by_rank(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> list[list[float]]:
     """The module's acceptance by depth and rank on this batch: `ACCEPTANCE_STEPS` greedy steps of the spine tree
     (`CALIBRATION_RANKS` candidates at each of `MAX_AUTO_DRAFT_TOKENS` depths)."""
     tree = spine_tree(MAX_AUTO_DRAFT_TOKENS, CALIBRATION_RANKS)
-    decoder = _calibration_decoder(model, input_ids, attention_mask, tree)
+    decoder = calibration_decoder(model, input_ids, attention_mask, tree)
     output = decoder.prefill()
     accepted_ranks: list[tuple[int, ...]] = []
     for _ in range(ACCEPTANCE_STEPS):
@@ -331,30 +366,43 @@ def _acceptance_by_rank(
     return acceptance_by_rank(accepted_ranks, MAX_AUTO_DRAFT_TOKENS, CALIBRATION_RANKS, ACCEPTANCE_PRIOR_WEIGHT)
 
 
-def _step_seconds(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, shapes: dict[Any, DraftTree]
-) -> dict[Any, float]:
-    """Median seconds of an eager fast-path step of each shape, timed in `TIMED_ROUNDS` rounds over every shape.
+def timed_rounds(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    shapes: dict[Any, DraftTree],
+    after_round: Callable[[], Any] = lambda: None,
+    rounds: int = TIMED_ROUNDS,
+) -> tuple[dict[Any, list[float]], list[float]]:
+    """Seconds of one eager fast-path step of each shape and plain decoding's seconds per token, one sample of each
+    per round, taken close together (the shapes' order alternating between rounds).
 
-    The decoders share their caches (`static_caches` keeps one pair per size), so each overwrites the others'
-    entries: their tokens mean nothing, but a step's cost does not depend on the values it reads.
+    Plain tokens are timed outside `few_row_products`, as plain decoding runs. The decoders share their caches
+    (`static_caches` keeps one pair per size), so each overwrites the others' entries: their tokens mean nothing,
+    but a step's cost does not depend on the values it reads.
     """
-    decoders = {name: _calibration_decoder(model, input_ids, attention_mask, tree) for name, tree in shapes.items()}
-    outputs = {name: decoder.prefill() for name, decoder in decoders.items()}
-    for name, decoder in decoders.items():  # the first step of a shape pays one-time set-up
-        outputs[name] = decoder.step(outputs[name].state)
-    samples: dict[Any, list[float]] = {name: [] for name in shapes}
-    for _ in range(TIMED_ROUNDS):
-        for name, decoder in decoders.items():
-            started = time.perf_counter()
+    synchronize = torch.cuda.synchronize if input_ids.device.type == "cuda" else lambda *args: None
+    with few_row_products(model, input_ids.device):
+        decoders = {name: calibration_decoder(model, input_ids, attention_mask, tree) for name, tree in shapes.items()}
+        outputs = {name: decoder.prefill() for name, decoder in decoders.items()}
+        for name, decoder in decoders.items():  # the first step of a shape pays one-time set-up
             outputs[name] = decoder.step(outputs[name].state)
-            if input_ids.device.type == "cuda":
-                torch.cuda.synchronize(input_ids.device)
-            samples[name].append(time.perf_counter() - started)
-    return {name: statistics.median(times) for name, times in samples.items()}
+    step_seconds: dict[Any, list[float]] = {name: [] for name in shapes}
+    plain_seconds: list[float] = []
+    for index in range(rounds):
+        plain_seconds.append(statistics.median(plain_token_gaps(model, input_ids, attention_mask)))
+        order = list(decoders) if index % 2 == 0 else list(reversed(decoders))
+        with few_row_products(model, input_ids.device):
+            for name in order:
+                started = time.perf_counter()
+                outputs[name] = decoders[name].step(outputs[name].state)
+                synchronize(input_ids.device)
+                step_seconds[name].append(time.perf_counter() - started)
+        after_round()
+    return step_seconds, plain_seconds
 
 
-def _calibration_decoder(
+def calibration_decoder(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tree: DraftTree
 ) -> StaticRecycleDecoder:
     """A greedy decoder of `tree` on this batch. Every calibration decoder has the same slot count (sized for the
@@ -388,7 +436,7 @@ class _TokenClock(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def _plain_token_gaps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[float]:
+def plain_token_gaps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[float]:
     """Seconds between the tokens of the base's own `generate` on this batch (the first gap, still warming up, left
     out)."""
     clock = _TokenClock(input_ids.device)
@@ -400,30 +448,57 @@ def _plain_token_gaps(model: Any, input_ids: torch.Tensor, attention_mask: torch
     return [later - earlier for earlier, later in zip(clock.times[1:], clock.times[2:])]
 
 
+@dataclass(frozen=True)
+class ResolvedChoice:
+    """The shape a call decodes with, and where it came from (for the log, `recycle_stats` and `--compare`)."""
+
+    value: int | list[list[int]]
+    source: str
+
+
 class DraftLengthChoices:
-    """A model's chosen draft lengths by calibration key: in memory for this process, in `calibration_file()` for
-    later ones. `measured` keeps the calibrations this object ran."""
+    """A model's chosen draft shapes by calibration key: in memory for this process, in `calibration_file()` for
+    later ones. `measured` keeps the calibrations this object ran, by key (the last one)."""
 
     def __init__(self) -> None:
-        self.in_memory: dict[str, int | list[list[int]]] = {}
+        self.in_memory: dict[str, ResolvedChoice] = {}
         self.measured: dict[str, DraftLengthMeasurement] = {}
+        self.provisional_calibrations: dict[str, int] = {}
 
-    def resolve(self, key: str, measure: Callable[[], DraftLengthMeasurement]) -> int | list[list[int]]:
-        """The remembered choice for `key` (this process, then the file), else `measure()`, remembered in both."""
-        if key in self.in_memory:
-            return self.in_memory[key]
+    def resolve(
+        self, key: str, batch_size: int, measure: Callable[[], DraftLengthMeasurement], again: bool = False
+    ) -> ResolvedChoice:
+        """The remembered decided choice for `key` (this process, then the file), else `measure()`, remembered in
+        both; a provisional one is measured again, up to `MAX_PROVISIONAL_CALIBRATIONS` times in this process.
+        `again` measures whatever is remembered (`recycle-hf calibrate --again`)."""
+        remembered = None if again else self.in_memory.get(key)
+        if remembered is not None and (
+            not remembered.source.startswith("provisional")
+            or self.provisional_calibrations.get(key, 0) >= MAX_PROVISIONAL_CALIBRATIONS
+        ):
+            return remembered
         path = calibration_file()
-        stored = stored_choice(path, key)
-        if stored is None:
-            self.measured[key] = measure()
-            stored = self.measured[key].choice
-            _write_choice(path, key, stored)
-        self.in_memory[key] = stored
-        return stored
+        stored = stored_choice(path, key) if remembered is None and not again else None
+        if stored is not None and stored.decided:
+            resolved = ResolvedChoice(stored.value, stored.describe(path))
+        else:
+            measurement = measure()
+            self.measured[key] = measurement
+            write_choice(path, key, measurement.record(batch_size))
+            reason = measurement.decision.reason
+            if measurement.decision.decided:
+                resolved = ResolvedChoice(measurement.choice, f"measured in this process: {reason}")
+            else:
+                self.provisional_calibrations[key] = self.provisional_calibrations.get(key, 0) + 1
+                resolved = ResolvedChoice(measurement.choice, f"provisional, {reason}")
+        logger.info("num_draft_tokens='auto' decodes with %s: %s.", resolved.value, resolved.source)
+        self.in_memory[key] = resolved
+        return resolved
 
     def forget(self) -> None:
         """Drop what this process remembers (the file stays), as a new process starts."""
         self.in_memory.clear()
+        self.provisional_calibrations.clear()
 
 
 def draft_length_choices(model: Any) -> DraftLengthChoices:
@@ -434,18 +509,25 @@ def draft_length_choices(model: Any) -> DraftLengthChoices:
 
 
 __all__ = [
+    "CALIBRATION_METHOD",
     "MAX_AUTO_DRAFT_TOKENS",
     "MAX_NUM_DRAFT_TOKENS",
-    "check_num_draft_tokens",
-    "stored_choice",
     "DraftLengthChoices",
     "DraftLengthMeasurement",
+    "ResolvedChoice",
+    "StoredChoice",
+    "acceptance_by_rank",
+    "calibration_decoder",
     "calibration_file",
     "calibration_key",
-    "acceptance_by_rank",
-    "choose_draft_length",
-    "choose_draft_shape",
-    "expected_tokens_per_step",
-    "measure_draft_length",
+    "candidate_shapes",
+    "check_num_draft_tokens",
     "draft_length_choices",
+    "measure_acceptance_by_rank",
+    "measure_draft_length",
+    "plain_token_gaps",
+    "stored_choice",
+    "stored_choices",
+    "timed_rounds",
+    "write_choice",
 ]

@@ -1,21 +1,26 @@
 # Copyright 2026 The recycle-hf team. Licensed under the Apache License, Version 2.0.
-"""Few-row products: `F.linear` over a few rows of a large weight, computed where the CPU's BLAS is fastest.
+"""Few-row products: `F.linear` over a few rows of a large CPU weight, in the form this machine computes fastest.
 
-The loops' forwards run over a few positions per row (the newest token plus k drafts), and on the CPU MKL runs
-`x @ W^T`, the product `nn.Linear` calls, over 2-15 rows at up to 2-4x its one-row time, while the same product with
-the operands swapped, `(W @ x^T)^T`, reads W once (SmolLM2's LM head over 4 rows: 29.7 ms against 8.5 ms; a
-1536 x 576 MLP weight: 0.47 against 0.19 ms; from 16 to 64 rows both forms give the same bits and the swapped one
-is still faster: 2-core AMD EPYC, torch 2.13, MKL, 2 threads, medians of 7). The rule is fixed, not timed: the two
-forms round differently for 2-15 rows, and a choice made by timing would make the output depend on the machine's
-load (it did: the same bf16 prompt gave different tokens in two calls). Small weights are not worth it.
+The fast path's forwards run over a few positions per row (the newest token plus k drafts). For such products the
+CPU's BLAS has two forms with very different costs, and which one wins depends on the CPU, not on the model:
+- `x @ W^T`, the product `nn.Linear` calls ("linear");
+- the operands swapped, `(W @ x^T)^T` ("swapped"; one row is computed as two, the row twice, because a one-row
+  product with a tall weight can be slower than a two-row one).
+On an AMD EPYC (AVX2) MKL runs the linear form over 2-15 rows at 2-4x its one-row time and the swapped form wins
+there; on an Intel Xeon (AVX-512) the linear form is the fast one up to a dozen rows and the swapped one costs 2-4x.
+So the form is measured, per machine: for every weight shape and dtype the fast path uses and for representative row
+counts (`MEASURED_ROWS`), both forms are timed in interleaved pairs and the minimum of each is compared (interference
+from other work only adds time, so the minimum is the statistic least moved by load); the swapped form is taken only
+where it is faster by `SWAPPED_MARGIN`, else transformers' own linear form.
 
-The swapped product comes back as a transposed view; it is made contiguous at once (a copy of a few rows). Left
-strided, it made every later op strided too, and sdpa's fused CPU kernel, which needs the last dimension's stride to
-be 1, fell back to its math kernel: SmolLM2's base forward over 4 tokens took 98 ms instead of 84 (1 token: 74-81).
+Output must never depend on timing: the two forms round differently. So the forms are measured once, before the
+first output that uses them, and kept: in memory for the process and in `product_forms_file()` for later processes,
+keyed by CPU model, instruction set, torch version, BLAS and thread count. On one machine the same inputs then give
+the same tokens in every call and process. `RECYCLE_HF_PRODUCT_FORMS=linear` (or `swapped`) fixes the form without
+measuring; delete the file to measure again.
 
-One row of a tall weight (a vocabulary head: drafts, alternating mode's tokens) is computed as two, the row twice:
-MKL's one-row product reads such a weight at about 60% of the speed of its two-row one (8192 x 576 draft head: 1.66
-against 1.32 ms; SmolLM2's LM head: 9.9 against 6.9 ms). For the layers' own weights (576-1536 rows) it does not pay.
+The swapped product comes back as a transposed view; it is made contiguous at once (a copy of a few rows): left
+strided, it sends sdpa's fused CPU kernel, which needs a unit stride in the last dimension, to its math kernel.
 
 This file is remote code: a checkpoint folder carries it, so it imports only torch and transformers.
 """
@@ -24,21 +29,41 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
+import os
+import platform
+import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers.utils import logging
 
 
-FEW_ROWS = range(2, 65)
+logger = logging.get_logger(__name__)
+
+MAX_FEW_ROWS = 64
 MIN_SWAPPED_PRODUCT_WEIGHT_ELEMENTS = 1 << 16
-# Weights with at least this many output rows also take the swapped product for a single row (as two rows).
-MIN_TALL_WEIGHT_ROWS = 8192
+# Row counts that are timed; a count in between takes the form of the largest measured count below it.
+MEASURED_ROWS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
+TIMED_PAIRS = 9
+# The swapped form must beat the linear one by this factor: where the two are close, transformers' form is kept.
+SWAPPED_MARGIN = 0.9
+# Part of the file's key: a new way of measuring measures again.
+PRODUCT_FORMS_METHOD = 1
+FORCED_FORMS_VARIABLE = "RECYCLE_HF_PRODUCT_FORMS"
+
 # The redirection is installed on shared layer objects, but only the threads inside `few_row_products` take it:
 # another thread's plain forward of the same model keeps `F.linear` (and its rounding).
 _thread_state = threading.local()
 _installing = threading.Lock()
+_measuring = threading.Lock()
+# (shape, dtype) -> row counts computed swapped, for this process and machine (`swapped_row_counts`).
+_resolved_forms: dict[tuple[tuple[int, int], str], frozenset[int]] = {}
 
 
 def _active_in_this_thread() -> bool:
@@ -46,33 +71,24 @@ def _active_in_this_thread() -> bool:
     return torch.compiler.is_compiling() or getattr(_thread_state, "depth", 0) > 0
 
 
-def _swaps(num_rows: int, weight: torch.Tensor) -> bool:
-    return (num_rows in FEW_ROWS or (num_rows == 1 and weight.shape[0] >= MIN_TALL_WEIGHT_ROWS)) and (
-        not torch.is_grad_enabled()
-    )
-
-
-def _may_swap_product(rows: torch.Tensor, weight: torch.Tensor) -> bool:
+def worth_measuring(weight: torch.Tensor) -> bool:
+    """Whether a weight can take the swapped form at all: a large 2-D floating-point CPU weight."""
     return (
         weight.device.type == "cpu"
         and weight.dim() == 2
+        and weight.is_floating_point()
         and weight.numel() >= MIN_SWAPPED_PRODUCT_WEIGHT_ELEMENTS
-        and _swaps(rows.shape[0], weight)
     )
 
 
-def project_rows(states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(states, weight, bias)`, computed as `(weight @ rows^T)^T` for a few rows of a large CPU weight;
-    contiguous, like `F.linear`'s own output."""
-    rows = states.reshape(-1, states.shape[-1])
-    if not _may_swap_product(rows, weight):
-        return F.linear(states, weight, bias)
-    return _swapped_product(states, rows, weight, bias)
-
-
-def _swapped_product(
-    states: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+def project_rows(
+    states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, swapped_rows: frozenset[int]
 ) -> torch.Tensor:
+    """`F.linear(states, weight, bias)`, computed swapped where the row count is in `swapped_rows` (and gradients
+    are off); contiguous, like `F.linear`'s own output."""
+    rows = states.reshape(-1, weight.shape[1])
+    if rows.shape[0] not in swapped_rows or torch.is_grad_enabled():
+        return F.linear(states, weight, bias)
     if rows.shape[0] == 1:
         output = torch.mm(weight, torch.cat([rows, rows]).t())[:, 0].unsqueeze(0).contiguous()
     else:
@@ -82,25 +98,226 @@ def _swapped_product(
     return output.view(*states.shape[:-1], weight.shape[0])
 
 
+def swapped_row_counts(weight: torch.Tensor) -> frozenset[int]:
+    """The row counts (1..`MAX_FEW_ROWS`) for which this machine computes `weight`'s products swapped: resolved
+    once per shape and dtype (forced by `RECYCLE_HF_PRODUCT_FORMS`, stored, or measured now and stored)."""
+    if not worth_measuring(weight):
+        return frozenset()
+    forced = forced_product_form()
+    if forced is not None:
+        return _forced_rows(forced, weight)
+    key = _shape_key(weight)
+    if key not in _resolved_forms:
+        resolve_product_forms([weight])
+    return _resolved_forms[key]
+
+
+def resolve_product_forms(weights: Iterable[torch.Tensor]) -> None:
+    """Fix the product forms of these weights' shapes for this process, measuring (and storing) those this machine
+    has not measured yet. Called before the first output that uses them."""
+    if forced_product_form() is not None:
+        return
+    pending = {_shape_key(weight): weight for weight in weights if worth_measuring(weight)}
+    with _measuring:
+        pending = {key: weight for key, weight in pending.items() if key not in _resolved_forms}
+        if not pending:
+            return
+        path, machine = product_forms_file(), machine_key()
+        stored = _read_forms(path).get(machine, {}).get("shapes", {})
+        measured: dict[str, list[int]] = {}
+        for key, weight in pending.items():
+            name = _shape_name(key)
+            if isinstance(stored.get(name), list) and all(type(r) is int for r in stored[name]):
+                _resolved_forms[key] = frozenset(_expand(stored[name]))
+                continue
+            swapped = measure_swapped_rows(weight)
+            measured[name] = swapped
+            _resolved_forms[key] = frozenset(_expand(swapped))
+        if measured:
+            logger.info("Few-row product forms measured for %s (swapped at row counts %s); kept in %s.",
+                        describe_machine(), measured, path)
+            _write_forms(path, machine, measured)
+
+
+def measure_product_forms_again(weights: Iterable[torch.Tensor]) -> None:
+    """Forget this machine's stored forms (file and process) and measure these weights' shapes now
+    (`recycle-hf calibrate --again`). The new forms hold for decoding that starts after this call."""
+    with _measuring:
+        _resolved_forms.clear()
+        path, machine = product_forms_file(), machine_key()
+        data = _read_forms(path)
+        if machine in data:
+            del data[machine]
+            _write_whole_file(path, data)
+    resolve_product_forms(weights)
+
+
+def stored_product_forms(path: Path) -> dict[str, dict]:
+    """Every machine's entry in the forms file, by machine key (for `recycle-hf calibrate --show`)."""
+    return {key: entry for key, entry in _read_forms(path).items() if isinstance(entry, dict)}
+
+
+def forced_product_form() -> str | None:
+    """"linear" or "swapped" when `RECYCLE_HF_PRODUCT_FORMS` fixes the form, else None (measured)."""
+    value = os.environ.get(FORCED_FORMS_VARIABLE, "").strip().lower()
+    if value in ("", "measure", "measured", "auto"):
+        return None
+    if value not in ("linear", "swapped"):
+        raise ValueError(f"{FORCED_FORMS_VARIABLE}={value!r}: use 'linear', 'swapped' or 'measure' (the default).")
+    return value
+
+
+def _forced_rows(form: str, weight: torch.Tensor) -> frozenset[int]:
+    if form == "linear":
+        return frozenset()
+    # The rule measured on the AMD EPYC kind: 2-64 rows, and one row too for a vocabulary-sized weight.
+    return frozenset(range(1 if weight.shape[0] >= 8192 else 2, MAX_FEW_ROWS + 1))
+
+
+def choose_swapped_rows(timings: dict[int, tuple[list[float], list[float]]]) -> list[int]:
+    """The measured row counts at which the swapped form is faster beyond the margin: `timings` maps a row count to
+    (linear seconds, swapped seconds) of interleaved pairs; each side's minimum is compared."""
+    return sorted(
+        rows for rows, (linear, swapped) in timings.items() if min(swapped) < SWAPPED_MARGIN * min(linear)
+    )
+
+
+def _expand(measured_swapped: Iterable[int]) -> set[int]:
+    """Every row count 1..MAX_FEW_ROWS whose nearest measured count at or below it is swapped."""
+    swapped = set(measured_swapped)
+    result, current = set(), False
+    for rows in range(1, MAX_FEW_ROWS + 1):
+        if rows in MEASURED_ROWS:
+            current = rows in swapped
+        if current:
+            result.add(rows)
+    return result
+
+
+@torch.no_grad()
+def measure_swapped_rows(weight: torch.Tensor, pairs: int = TIMED_PAIRS) -> list[int]:
+    """Time both forms of `weight`'s product over each of `MEASURED_ROWS` rows, in interleaved pairs (the order
+    alternating), and return the counts where the swapped form wins (`choose_swapped_rows`)."""
+    every_row = frozenset(range(1, MAX_FEW_ROWS + 1))
+    timings: dict[int, tuple[list[float], list[float]]] = {}
+    generator = torch.Generator().manual_seed(0)
+    for rows in MEASURED_ROWS:
+        states = torch.randn(rows, weight.shape[1], generator=generator).to(weight.dtype)
+        forms = {"linear": frozenset(), "swapped": every_row}
+        for form in forms.values():  # warm-up
+            project_rows(states, weight, None, form)
+        samples: dict[str, list[float]] = {"linear": [], "swapped": []}
+        for pair in range(pairs):
+            for name in ("linear", "swapped") if pair % 2 == 0 else ("swapped", "linear"):
+                started = time.perf_counter()
+                project_rows(states, weight, None, forms[name])
+                samples[name].append(time.perf_counter() - started)
+        timings[rows] = (samples["linear"], samples["swapped"])
+    return choose_swapped_rows(timings)
+
+
+def _shape_key(weight: torch.Tensor) -> tuple[tuple[int, int], str]:
+    return (tuple(weight.shape), str(weight.dtype).removeprefix("torch."))
+
+
+def _shape_name(key: tuple[tuple[int, int], str]) -> str:
+    (rows, columns), dtype = key
+    return f"{rows}x{columns}/{dtype}"
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo), else the platform's processor string."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def instruction_set() -> str:
+    """The vector instruction set torch's CPU kernels use here (e.g. AVX512, AVX2, DEFAULT)."""
+    with contextlib.suppress(Exception):
+        return torch.backends.cpu.get_cpu_capability()
+    return "unknown"
+
+
+def describe_machine() -> str:
+    """CPU model, instruction set and torch's thread count, as every recorded number names them."""
+    return f"{cpu_model_name()} ({instruction_set()}, {torch.get_num_threads()} threads)"
+
+
+def machine_key() -> str:
+    """What product timings depend on: CPU model and instruction set, CPU count, torch and its BLAS, threads."""
+    blas = [line.strip() for line in torch.__config__.show().splitlines() if "Math Kernel" in line or "BLAS" in line]
+    parts = [cpu_model_name(), instruction_set(), str(os.cpu_count()), torch.__version__, *blas,
+             f"{torch.get_num_threads()}threads", f"method{PRODUCT_FORMS_METHOD}"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def product_forms_file() -> Path:
+    """Where measured forms are kept: product_forms.json beside `auto`'s draft choices ($RECYCLE_HF_CALIBRATION's
+    folder, else $RECYCLE_HF_CACHE or ~/.cache/recycle_hf)."""
+    explicit = os.environ.get("RECYCLE_HF_CALIBRATION")
+    if explicit:
+        return Path(explicit).parent / "product_forms.json"
+    folder = os.environ.get("RECYCLE_HF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "recycle_hf")
+    return Path(folder) / "product_forms.json"
+
+
+def _read_forms(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        logger.warning("Ignoring the product forms in %s (%s): measuring again; the file will be rewritten.",
+                       path, error)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_forms(path: Path, machine: str, measured: dict[str, list[int]]) -> None:
+    """Add this machine's newly measured shapes to the file, atomically (written beside it, then renamed)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_forms(path)
+        entry = data.get(machine) if isinstance(data.get(machine), dict) else {}
+        shapes = entry.get("shapes") if isinstance(entry.get("shapes"), dict) else {}
+        shapes.update(measured)
+        data[machine] = {"machine": describe_machine(), "torch": torch.__version__,
+                         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shapes": shapes}
+        _write_whole_file(path, data)
+    except OSError as error:  # a read-only home still decodes; the next process measures again
+        logger.warning("Could not record the product forms in %s: %s", path, error)
+
+
+def _write_whole_file(path: Path, data: dict) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+    os.replace(handle.name, path)
+
+
 @contextlib.contextmanager
 def few_row_products(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
     """While active on the CPU, the large `nn.Linear` layers of `model` (base, module and LM head) compute as
-    `project_rows` in this thread. Their `forward` is replaced on the instances and restored when the last context
-    using them ends: only these layers pay the redirection (a `TorchFunctionMode` cost 6 us on every torch call,
-    about 5 ms per SmolLM2 forward), and other threads' calls of the same layers keep `F.linear`."""
+    `project_rows` with this machine's forms, in this thread. Their forms are fixed on entry (measured once per
+    machine). Their `forward` is replaced on the instances and restored when the last context using them ends:
+    only these layers pay the redirection, and other threads' calls of the same layers keep `F.linear`."""
     if device.type != "cpu":
         yield
         return
     layers = [
-        module for module in model.modules()
-        if type(module) is torch.nn.Linear and module.weight.numel() >= MIN_SWAPPED_PRODUCT_WEIGHT_ELEMENTS
+        module for module in model.modules() if type(module) is torch.nn.Linear and worth_measuring(module.weight)
     ]
+    resolve_product_forms(layer.weight for layer in layers)
     with _installing:  # counted, so that one context's exit never removes what another still uses
         for layer in layers:
-            # One redirected forward per layer, made once: a compiled step guards on the identity of what it
-            # traced, so a new object each call would recompile it every call.
-            if "_few_row_forward" not in vars(layer):
-                layer._few_row_forward = functools.partial(_few_row_linear_forward, layer)
+            swapped_rows = swapped_row_counts(layer.weight)
+            # One redirected forward per layer and forms: a compiled step guards on the identity of what it traced,
+            # so a new object each call would recompile it every call.
+            made = vars(layer).get("_few_row_forward")
+            if made is None or made.args[1] != swapped_rows:
+                layer._few_row_forward = functools.partial(_few_row_linear_forward, layer, swapped_rows)
             users = vars(layer).get("_few_row_users", 0)
             if users == 0:
                 layer.forward = layer._few_row_forward
@@ -117,14 +334,27 @@ def few_row_products(model: torch.nn.Module, device: torch.device) -> Iterator[N
                     del layer.forward
 
 
-def _few_row_linear_forward(layer: torch.nn.Linear, states: torch.Tensor) -> torch.Tensor:
-    """`project_rows` for a layer already known to qualify (a large weight on the CPU): it runs about 200 times per
-    forward, so it checks only what changes from call to call (about 20 us less per call than `project_rows`)."""
-    weight = layer.weight
-    rows = states.reshape(-1, weight.shape[1])
-    if not (_active_in_this_thread() and _swaps(rows.shape[0], weight)):
-        return F.linear(states, weight, layer.bias)
-    return _swapped_product(states, rows, weight, layer.bias)
+def _few_row_linear_forward(layer: torch.nn.Linear, swapped_rows: frozenset[int], states: torch.Tensor) -> torch.Tensor:
+    """`project_rows` for a layer already known to qualify: outside the context's thread, `F.linear` itself."""
+    if not _active_in_this_thread():
+        return F.linear(states, layer.weight, layer.bias)
+    return project_rows(states, layer.weight, layer.bias, swapped_rows)
 
 
-__all__ = ["FEW_ROWS", "few_row_products", "project_rows"]
+__all__ = [
+    "MEASURED_ROWS",
+    "choose_swapped_rows",
+    "cpu_model_name",
+    "describe_machine",
+    "few_row_products",
+    "forced_product_form",
+    "instruction_set",
+    "machine_key",
+    "measure_product_forms_again",
+    "measure_swapped_rows",
+    "product_forms_file",
+    "project_rows",
+    "resolve_product_forms",
+    "stored_product_forms",
+    "swapped_row_counts",
+]

@@ -36,6 +36,7 @@ from transformers.utils import logging
 
 from .draft_length_recyclegpt import (
     MAX_NUM_DRAFT_TOKENS,
+    ResolvedChoice,
     calibration_key,
     check_num_draft_tokens,
     draft_length_choices,
@@ -162,14 +163,16 @@ class RecycleGenerationMixin:
                 )
         check_recycle_prompt(self, input_ids, kwargs.get("attention_mask"), generation_config)
         with generation_lock(self):
+            draft_source = "given"
             if num_draft_tokens == "auto":
-                num_draft_tokens = self.auto_draft_length(input_ids, kwargs.get("attention_mask"), generation_config)
+                resolved = self.auto_draft_length(input_ids, kwargs.get("attention_mask"), generation_config)
+                num_draft_tokens, draft_source = resolved.value, f"auto, {resolved.source}"
             num_draft_tokens = _canonical_draft_setting(num_draft_tokens)
             if num_draft_tokens == 0:
                 logger.info("num_draft_tokens=0: verify mode decodes plainly (the base's own generate).")
-                return plain_verify_decoding(self, inputs, generation_config, streamer, kwargs)
+                return plain_verify_decoding(self, inputs, generation_config, streamer, kwargs, draft_source)
             return self._recycle_generate(inputs, generation_config, mode, num_draft_tokens, recycle_compile,
-                                          recycle_drafter, streamer, kwargs)
+                                          recycle_drafter, streamer, kwargs, draft_source)
 
     def _recycle_generate(
         self,
@@ -181,6 +184,7 @@ class RecycleGenerationMixin:
         recycle_drafter: RecycleDrafter | None,
         streamer: Any,
         kwargs: dict[str, Any],
+        draft_source: str = "given",
     ) -> torch.LongTensor | RecycleGenerateOutput:
         # The caches are the decoding loop's own: transformers must not build one for the composite config.
         cache_implementation = generation_config.cache_implementation
@@ -204,6 +208,7 @@ class RecycleGenerationMixin:
             recycle_drafter=recycle_drafter,
             recycle_cache_implementation=cache_implementation,
             recycle_compile_options=_compile_options(compile_config, self.device) if recycle_compile else None,
+            recycle_draft_source=draft_source,
         )
         return GenerationMixin.generate(
             self,
@@ -216,15 +221,15 @@ class RecycleGenerationMixin:
 
     def auto_draft_length(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, generation_config: GenerationConfig
-    ) -> int | list[list[int]]:
-        """`num_draft_tokens="auto"` for this batch: measured once per model, dtype, device and batch size (and
-        whether the call samples: sampling decodes chains only)."""
+    ) -> ResolvedChoice:
+        """`num_draft_tokens="auto"` for this batch, and where it came from: measured once per model, dtype,
+        device and batch size (and whether the call samples: sampling decodes chains only)."""
         if not isinstance(input_ids, torch.Tensor):
             raise ValueError("num_draft_tokens='auto' needs input_ids; pass an integer num_draft_tokens instead.")
         trees = not generation_config.do_sample
         key = calibration_key(self, input_ids.shape[0], "verify" if trees else "verify-chains")
         return draft_length_choices(self).resolve(
-            key, lambda: measure_draft_length(self, input_ids, attention_mask, trees=trees)
+            key, input_ids.shape[0], lambda: measure_draft_length(self, input_ids, attention_mask, trees=trees)
         )
 
 
@@ -336,7 +341,12 @@ def generation_lock(model: Any) -> threading.RLock:
 
 
 def plain_verify_decoding(
-    model: Any, inputs: torch.Tensor | None, generation_config: GenerationConfig, streamer: Any, kwargs: dict[str, Any]
+    model: Any,
+    inputs: torch.Tensor | None,
+    generation_config: GenerationConfig,
+    streamer: Any,
+    kwargs: dict[str, Any],
+    draft_source: str = "given",
 ) -> torch.LongTensor | RecycleGenerateOutput:
     """Verify mode with k = 0: the base's own `generate`, returned as verify mode returns (with `recycle_stats`)."""
     started = time.perf_counter()
@@ -366,6 +376,7 @@ def plain_verify_decoding(
         "batch_size": new_ids.shape[0],
         "mode": "verify",
         "num_draft_tokens": 0,
+        "num_draft_tokens_source": draft_source,
         "decoding_path": "plain",
     }
     return RecycleGenerateOutput(**dict(output), recycle_stats=stats)
@@ -414,6 +425,7 @@ def recycle_decoding(
     recycle_drafter: RecycleDrafter | None = None,
     recycle_cache_implementation: str | None = None,
     recycle_compile_options: dict[str, Any] | None = None,
+    recycle_draft_source: str = "given",
     **model_kwargs: Any,
 ) -> torch.LongTensor | RecycleGenerateOutput:
     """The decoding loop `generate` calls (as its `custom_generate`) after its usual preparation: the static fast
@@ -457,6 +469,7 @@ def recycle_decoding(
             stats = loop.stats.as_dict()
     if generation_config.return_dict_in_generate:
         stats.update(batch_size=input_ids.shape[0], mode=recycle_mode, num_draft_tokens=num_draft_tokens,
+                     num_draft_tokens_source=recycle_draft_source,
                      decoding_path="static" if use_static_path else "reference_loop")
         return RecycleGenerateOutput(sequences=sequences, recycle_stats=stats)
     return sequences

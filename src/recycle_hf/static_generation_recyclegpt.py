@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from .attention_recyclegpt import grouped_query_sdpa
-from .few_row_products_recyclegpt import project_rows
+from .few_row_products_recyclegpt import project_rows, swapped_row_counts
 from .masks_recyclegpt import row_attention_mask
 from .static_cache_recyclegpt import RowStaticCache
 
@@ -163,6 +163,8 @@ class StaticRecycleDecoder:
         # Verify mode drafts over the draft vocabulary, when the module has one; alternate mode's drafts are
         # emitted as they are, so they come from the whole vocabulary.
         self.draft_head = None if self.alternate else model.draft_head()
+        # The draft head's product forms are fixed here, before the first output (measured once per machine).
+        self.draft_head_swapped_rows = swapped_row_counts(self.draft_head[0]) if self.draft_head else frozenset()
         self.compiled = compile_options is not None
         self.step_function: Callable[[StaticDecodingState], StaticStepOutput] = (
             torch.compile(self.step, **compile_options) if self.compiled else self.step
@@ -222,7 +224,7 @@ class StaticRecycleDecoder:
             return self._process(self.model.vocab_logits(states)), None
         weight, bias, token_ids = self.draft_head
         # Context-free processors give the same result on the slice as on the full row with -inf elsewhere.
-        return self._process(project_rows(states, weight, bias)), token_ids
+        return self._process(project_rows(states, weight, bias, self.draft_head_swapped_rows)), token_ids
 
     def _draft_token(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A draft from module states [B, D]: (token [B], its full-vocabulary distribution or None)."""

@@ -9,6 +9,7 @@ import torch
 from transformers import CompileConfig, TextStreamer
 
 from ..distill import format_prompt
+from ..few_row_products_recyclegpt import describe_machine
 from ..generation_recyclegpt import DEFAULT_NUM_DRAFT_TOKENS, resolve_recycle_mode
 from ..loading import add_recycle_model_arguments, load_recycle_model_from_args
 from . import bounded, num_draft_tokens_option, positive_float, positive_int
@@ -92,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     per_forward = stats["new_tokens"] / max(1, stats["base_forwards"])
     drafts = f", k={stats['num_draft_tokens']}" if "num_draft_tokens" in stats else ""
     print(f"\n[{args.mode}] {count} tokens in {elapsed:.2f} s: {count / elapsed:.1f} tokens/s, "
-          f"{per_forward:.2f} tokens per base forward{drafts} ({torch.get_num_threads()} torch threads)")
+          f"{per_forward:.2f} tokens per base forward{drafts} ({describe_machine()})")
+    if "num_draft_tokens_source" in stats:
+        print(f"draft shape: {stats['num_draft_tokens_source']}")
 
     if args.compare and mode is not None:
         plain_tokens, _, plain_elapsed = _timed_generate(model, inputs, None, None, args)

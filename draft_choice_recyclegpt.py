@@ -1,0 +1,1 @@
+src/recycle_hf/draft_choice_recyclegpt.py
