@@ -43,9 +43,9 @@ def op_kind(name: str) -> str:
 def _self_ms(events, predicate=lambda event: True) -> dict[str, float]:
     kinds: dict[str, float] = {}
     for event in events:
-        if event.name.startswith("phase:") or not predicate(event):
+        if event.key.startswith("phase:") or not predicate(event):
             continue
-        kind = op_kind(event.name)
+        kind = op_kind(event.key)
         kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total / 1e3
     return kinds
 
@@ -101,9 +101,9 @@ def profile_chain(model, batch, num_drafts: int, compiled: bool) -> dict:
             decoder.step(state)
             profiled_ms = (time.perf_counter() - started) * 1e3
         events = profiled.key_averages()
-        phases = {event.name.removeprefix("phase:"): event.cpu_time_total / 1e3 for event in events
-                  if event.name.startswith("phase:")}
-        op_ms = sum(event.self_cpu_time_total for event in events if not event.name.startswith("phase:")) / 1e3
+        phases = {event.key.removeprefix("phase:"): event.cpu_time_total / 1e3 for event in events
+                  if event.key.startswith("phase:")}
+        op_ms = sum(event.self_cpu_time_total for event in events if not event.key.startswith("phase:")) / 1e3
         base_ops = {}
         for n in tokens:
             with profile(activities=[ProfilerActivity.CPU]) as profiled_forward:
