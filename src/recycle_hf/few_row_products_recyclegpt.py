@@ -123,7 +123,8 @@ def resolve_product_forms(weights: Iterable[torch.Tensor]) -> None:
         if not pending:
             return
         path, machine = product_forms_file(), machine_key()
-        stored = _read_forms(path).get(machine, {}).get("shapes", {})
+        entry = _read_forms(path).get(machine)
+        stored = entry.get("shapes") if isinstance(entry, dict) and isinstance(entry.get("shapes"), dict) else {}
         measured: dict[str, list[int]] = {}
         for key, weight in pending.items():
             name = _shape_name(key)
