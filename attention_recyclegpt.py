@@ -1,1 +1,1 @@
-src/recycle_hf/attention_recyclegpt.py
+src/recycle_hf/checkpoint_code/attention_recyclegpt.py

@@ -1,1 +1,1 @@
-src/recycle_hf/configuration_recyclegpt.py
+src/recycle_hf/checkpoint_code/configuration_recyclegpt.py

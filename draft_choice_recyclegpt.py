@@ -1,1 +1,1 @@
-src/recycle_hf/draft_choice_recyclegpt.py
+src/recycle_hf/checkpoint_code/draft_choice_recyclegpt.py

@@ -1,1 +1,1 @@
-src/recycle_hf/draft_tree_recyclegpt.py
+src/recycle_hf/checkpoint_code/draft_tree_recyclegpt.py

@@ -1,1 +1,1 @@
-src/recycle_hf/few_row_products_recyclegpt.py
+src/recycle_hf/checkpoint_code/few_row_products_recyclegpt.py

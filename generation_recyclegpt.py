@@ -1,1 +1,1 @@
-src/recycle_hf/generation_recyclegpt.py
+src/recycle_hf/checkpoint_code/generation_recyclegpt.py

@@ -1,1 +1,1 @@
-src/recycle_hf/masks_recyclegpt.py
+src/recycle_hf/checkpoint_code/masks_recyclegpt.py

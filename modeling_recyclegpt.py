@@ -1,1 +1,1 @@
-src/recycle_hf/modeling_recyclegpt.py
+src/recycle_hf/checkpoint_code/modeling_recyclegpt.py

@@ -1,1 +1,1 @@
-src/recycle_hf/reference_loop_recyclegpt.py
+src/recycle_hf/checkpoint_code/reference_loop_recyclegpt.py

@@ -1,1 +1,1 @@
-src/recycle_hf/static_cache_recyclegpt.py
+src/recycle_hf/checkpoint_code/static_cache_recyclegpt.py

@@ -1,1 +1,1 @@
-src/recycle_hf/static_generation_recyclegpt.py
+src/recycle_hf/checkpoint_code/static_generation_recyclegpt.py

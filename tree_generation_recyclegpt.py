@@ -1,1 +1,1 @@
-src/recycle_hf/tree_generation_recyclegpt.py
+src/recycle_hf/checkpoint_code/tree_generation_recyclegpt.py

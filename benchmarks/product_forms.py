@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recycle_hf.few_row_products_recyclegpt import describe_machine, project_rows
+from recycle_hf.checkpoint_code.few_row_products_recyclegpt import describe_machine, project_rows
 
 
 SHAPES = ((576, 576), (192, 576), (1536, 576), (576, 1536), (8192, 576), (49152, 576))

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from recycle_hf.checkpoint_code.few_row_products_recyclegpt import describe_machine, product_forms_file
 from recycle_hf.distill import read_prompts
-from recycle_hf.few_row_products_recyclegpt import describe_machine, product_forms_file
 
 
 def busy_loop(stop_at: float) -> None:

@@ -18,15 +18,15 @@ from pathlib import Path
 import torch
 
 from recycle_hf.bench.prompts import prompt_texts
-from recycle_hf.draft_choice_recyclegpt import paired_ratio
-from recycle_hf.draft_length_recyclegpt import (
+from recycle_hf.checkpoint_code.draft_choice_recyclegpt import paired_ratio
+from recycle_hf.checkpoint_code.draft_length_recyclegpt import (
     TREE_NODE_BUDGETS,
     calibration_decoder,
     measure_acceptance_by_rank,
     timed_rounds,
 )
-from recycle_hf.draft_tree_recyclegpt import DraftTree, best_draft_tree
-from recycle_hf.few_row_products_recyclegpt import describe_machine, few_row_products
+from recycle_hf.checkpoint_code.draft_tree_recyclegpt import DraftTree, best_draft_tree
+from recycle_hf.checkpoint_code.few_row_products_recyclegpt import describe_machine, few_row_products
 from recycle_hf.loading import load_recycle_model
 
 

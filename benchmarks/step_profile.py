@@ -20,9 +20,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from recycle_hf.bench.prompts import encode_chat_prompts, prompt_texts
-from recycle_hf.draft_length_recyclegpt import calibration_decoder
-from recycle_hf.draft_tree_recyclegpt import DraftTree
-from recycle_hf.few_row_products_recyclegpt import describe_machine, few_row_products
+from recycle_hf.checkpoint_code.draft_length_recyclegpt import calibration_decoder
+from recycle_hf.checkpoint_code.draft_tree_recyclegpt import DraftTree
+from recycle_hf.checkpoint_code.few_row_products_recyclegpt import describe_machine, few_row_products
 from recycle_hf.loading import load_recycle_model
 
 

@@ -103,3 +103,15 @@ def smollm2():
     from recycle_hf.defaults import load_default_base
 
     return load_default_base()
+
+
+# The start of a script for a fresh interpreter in which recycle_hf cannot be imported, as on a machine that
+# downloaded a checkpoint and has only torch and transformers: append the script's own lines.
+WITHOUT_RECYCLE_HF = """import builtins
+real_import = builtins.__import__
+def guarded_import(name, *args, **kwargs):
+    if name == "recycle_hf" or name.startswith("recycle_hf."):
+        raise ImportError("recycle_hf is blocked in this process")
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = guarded_import
+"""

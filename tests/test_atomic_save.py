@@ -19,7 +19,7 @@ import torch
 
 import recycle_hf.atomic as atomic
 from recycle_hf import RecycleGPTForCausalLM, graft_recycle_module, load_recycle_adapter
-from recycle_hf.modeling_recyclegpt import publish_checkpoint
+from recycle_hf.checkpoint_code.publishing_recyclegpt import is_checkpoint_file, publish_folder
 
 from conftest import tiny_base_model, tiny_recycle_model
 
@@ -185,7 +185,7 @@ def test_when_the_old_folder_cannot_be_put_back_the_error_says_where_it_is(tmp_p
 
     monkeypatch.setattr(os, "replace", replace_only_twice)
     with pytest.raises(OSError, match=r"could not be put back: it is complete at .*\.checkpoint\.old-") as raised:
-        publish_checkpoint(staging, checkpoint)
+        publish_folder(staging, checkpoint, is_checkpoint_file)
     monkeypatch.undo()
     assert not checkpoint.exists()
     old_folder = Path(str(raised.value).split("complete at ")[1].split(";")[0])
@@ -355,9 +355,9 @@ def test_saves_killed_at_random_moments_leave_a_loadable_version_and_the_next_sa
 
 
 def test_a_missing_folder_names_the_newest_complete_version_not_a_partly_deleted_one(tmp_path):
+    from recycle_hf.checkpoint_code.publishing_recyclegpt import _sibling
     from recycle_hf.errors import InputNotFoundError
     from recycle_hf.local_folders import check_local_folder
-    from recycle_hf.modeling_recyclegpt import _sibling
 
     target = tmp_path / "checkpoint"
     old_model, new_model = tiny_recycle_model("llama", seed=1), tiny_recycle_model("llama", seed=2)

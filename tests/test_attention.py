@@ -4,9 +4,9 @@ grouped key/value heads in place of transformers' repeated copies, with the same
 import pytest
 import torch
 
-from recycle_hf import attention_recyclegpt as attention
-from recycle_hf.masks_recyclegpt import row_attention_mask
-from recycle_hf.static_cache_recyclegpt import RowStaticCache
+from recycle_hf.checkpoint_code import attention_recyclegpt as attention
+from recycle_hf.checkpoint_code.masks_recyclegpt import row_attention_mask
+from recycle_hf.checkpoint_code.static_cache_recyclegpt import RowStaticCache
 
 from conftest import left_padded_batch, tiny_recycle_model
 

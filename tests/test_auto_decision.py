@@ -6,9 +6,14 @@ import random
 
 import pytest
 
-from recycle_hf import draft_length_recyclegpt as draft_length
-from recycle_hf.draft_choice_recyclegpt import DraftShapeDecision, PairedRatio, decide_draft_shape, paired_ratio
-from recycle_hf.draft_tree_recyclegpt import DraftTree
+from recycle_hf.checkpoint_code import draft_length_recyclegpt as draft_length
+from recycle_hf.checkpoint_code.draft_choice_recyclegpt import (
+    DraftShapeDecision,
+    PairedRatio,
+    decide_draft_shape,
+    paired_ratio,
+)
+from recycle_hf.checkpoint_code.draft_tree_recyclegpt import DraftTree
 
 from conftest import left_padded_batch, tiny_recycle_model
 
@@ -124,8 +129,7 @@ def test_a_decided_choice_is_kept_with_what_it_was_measured_under(choice_file):
     assert record["method"] == draft_length.CALIBRATION_METHOD and "threads" in record["machine"]
     assert record["measured"].endswith("Z")
     assert choices.resolve("key", 4, measure) == first
-    choices.forget()  # a new process reads the file
-    again = choices.resolve("key", 4, measure)
+    again = draft_length.DraftLengthChoices().resolve("key", 4, measure)  # as a new process: the file remembers
     assert again.value == 2 and again.source.startswith(f"stored in {choice_file}") and "1.30x" in again.source
     assert len(calls) == 1
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recycle_hf import few_row_products_recyclegpt as few_rows
+from recycle_hf.checkpoint_code import few_row_products_recyclegpt as few_rows
 
 
 # A draft-vocabulary head, a layer's weight, and a weight below the size worth measuring.

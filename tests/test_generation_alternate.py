@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-import recycle_hf.reference_loop_recyclegpt as reference_loop
+import recycle_hf.checkpoint_code.reference_loop_recyclegpt as reference_loop
 from recycle_hf import RecycleGPTForCausalLM
 
 from conftest import EOS, PAD, left_padded_batch, tiny_recycle_model

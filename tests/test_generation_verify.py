@@ -5,10 +5,10 @@ import itertools
 import pytest
 import torch
 
-import recycle_hf.reference_loop_recyclegpt as reference_loop
-import recycle_hf.static_generation_recyclegpt as static_generation
+import recycle_hf.checkpoint_code.reference_loop_recyclegpt as reference_loop
+import recycle_hf.checkpoint_code.static_generation_recyclegpt as static_generation
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
-from recycle_hf.reference_loop_recyclegpt import ModuleDrafter
+from recycle_hf.checkpoint_code.reference_loop_recyclegpt import ModuleDrafter
 
 from conftest import PAD, left_padded_batch, tiny_base_config, tiny_recycle_model
 

@@ -8,7 +8,7 @@ import torch
 import recycle_hf.loading as loading
 import recycle_hf.local_folders as local_folders
 from recycle_hf import RecycleGPTForCausalLM
-from recycle_hf.configuration_recyclegpt import RecycleGPTCheckpointError
+from recycle_hf.checkpoint_code.configuration_recyclegpt import RecycleGPTCheckpointError
 from recycle_hf.errors import InputNotFoundError, InvalidInputError, UserError
 
 from conftest import save_tiny_base_with_tokenizer, tiny_base_model, tiny_recycle_model

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
-from recycle_hf.draft_length_recyclegpt import calibration_key, draft_length_choices
-from recycle_hf.generation_recyclegpt import RecycleGenerateOutput
+from recycle_hf.checkpoint_code.draft_length_recyclegpt import calibration_key, draft_length_choices
+from recycle_hf.checkpoint_code.generation_recyclegpt import RecycleGenerateOutput
 from recycle_hf.loading import load_recycle_model
 
 from conftest import PAD, left_padded_batch, tiny_base_config, tiny_recycle_model
@@ -199,7 +199,7 @@ def test_an_unreadable_choice_file_is_measured_again_and_rewritten_whole(content
 _WRITER = """
 import sys, time
 from pathlib import Path
-from recycle_hf.draft_length_recyclegpt import write_choice
+from recycle_hf.checkpoint_code.draft_length_recyclegpt import write_choice
 path, writer, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 (go.parent / f"ready-{writer}").touch()
 while not go.exists():  # every writer starts at once
@@ -266,7 +266,7 @@ def test_alternate_mode_refuses_a_draft_count_it_would_not_use():
 
 
 def test_a_custom_drafter_in_alternate_mode_needs_no_draft_count():
-    from recycle_hf.reference_loop_recyclegpt import ModuleDrafter
+    from recycle_hf.checkpoint_code.reference_loop_recyclegpt import ModuleDrafter
 
     model = tiny_recycle_model("llama")
     input_ids, attention_mask = left_padded_batch([6, 3])

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
-from recycle_hf.configuration_recyclegpt import RecycleGPTCheckpointError
+from recycle_hf.checkpoint_code.configuration_recyclegpt import RecycleGPTCheckpointError
 
-from conftest import VOCAB_SIZE, left_padded_batch, tiny_base_config, tiny_recycle_model
+from conftest import VOCAB_SIZE, WITHOUT_RECYCLE_HF, left_padded_batch, tiny_base_config, tiny_recycle_model
 
 
 FAMILIES = ["llama", "opt", "opt-350m-style", "qwen2", "gpt_neox", "gpt2"]
@@ -122,15 +122,9 @@ def test_module_uses_mtp_weight_names():
     assert type(model.recycle_module.mtp_block[0]) is type(model.base_lm.model.layers[0])
 
 
-_LOAD_WITHOUT_PACKAGE = textwrap.dedent(
+_LOAD_WITHOUT_PACKAGE = WITHOUT_RECYCLE_HF + textwrap.dedent(
     """
-    import builtins, sys, torch
-    real_import = builtins.__import__
-    def guarded_import(name, *args, **kwargs):
-        if name == "recycle_hf" or name.startswith("recycle_hf."):
-            raise ImportError("recycle_hf is blocked in this process")
-        return real_import(name, *args, **kwargs)
-    builtins.__import__ = guarded_import
+    import sys, torch
     from transformers import AutoModelForCausalLM
     checkpoint, inputs, output = sys.argv[1], sys.argv[2], sys.argv[3]
     model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()

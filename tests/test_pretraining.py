@@ -345,7 +345,7 @@ def test_accelerate_configs_parse_and_wrap_the_presets_block_classes():
 
 
 def build_meta_model(preset: str):
-    from recycle_hf.modeling_recyclegpt import RecycleGPTForCausalLM
+    from recycle_hf.checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
 
     return RecycleGPTForCausalLM(preset_config(preset))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_recycle_model
+from conftest import WITHOUT_RECYCLE_HF, tiny_recycle_model
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -62,15 +62,9 @@ def test_remote_code_imports_only_the_standard_library_torch_transformers_and_it
                     assert node.module.split(".")[0] in ALLOWED_TOP_LEVEL, (name, node.module)
 
 
-_IMPORT_EACH = textwrap.dedent(
+_IMPORT_EACH = WITHOUT_RECYCLE_HF + textwrap.dedent(
     """
-    import builtins, importlib, sys
-    real_import = builtins.__import__
-    def guarded_import(name, *args, **kwargs):
-        if name == "recycle_hf" or name.startswith("recycle_hf."):
-            raise ImportError("recycle_hf is blocked in this process")
-        return real_import(name, *args, **kwargs)
-    builtins.__import__ = guarded_import
+    import importlib, sys
     sys.path.insert(0, sys.argv[1])
     for stem in sys.argv[2:]:
         importlib.import_module(f"remote_checkpoint.{stem}")

@@ -7,10 +7,11 @@ from torch._dynamo.testing import CompileCounter
 from transformers import CompileConfig, LlamaConfig, StoppingCriteria, StoppingCriteriaList
 
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
-from recycle_hf.draft_choice_recyclegpt import decide_draft_shape
-from recycle_hf.draft_length_recyclegpt import MAX_AUTO_DRAFT_TOKENS, draft_length_choices
-from recycle_hf.draft_tree_recyclegpt import DraftTree
-from recycle_hf.static_generation_recyclegpt import SLOT_BUCKET
+from recycle_hf.checkpoint_code.draft_choice_recyclegpt import decide_draft_shape
+from recycle_hf.checkpoint_code.draft_length_recyclegpt import MAX_AUTO_DRAFT_TOKENS, draft_length_choices
+from recycle_hf.checkpoint_code.draft_tree_recyclegpt import DraftTree
+from recycle_hf.checkpoint_code.runtime_recyclegpt import decoding_runtime
+from recycle_hf.checkpoint_code.static_generation_recyclegpt import SLOT_BUCKET
 
 from conftest import PAD, VOCAB_SIZE, left_padded_batch, tiny_recycle_model
 
@@ -142,10 +143,16 @@ def test_static_caches_are_reused_by_calls_of_the_same_size():
         model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8, recycle_mode="verify",
                        num_draft_tokens=2)
         if call == 0:
-            caches = dict(model._recycle_static_caches)
-    assert model._recycle_static_caches == caches
+            caches = dict(decoding_runtime(model).static_caches)
+    assert decoding_runtime(model).static_caches == caches
     (batch_size, num_slots, _, _), = caches
     assert (batch_size, num_slots) == (3, SLOT_BUCKET)
+    model.free_decoding_caches()
+    assert not decoding_runtime(model).static_caches
+    output = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8, recycle_mode="verify",
+                            num_draft_tokens=2)
+    assert torch.equal(output, plain(model, input_ids, attention_mask, max_new_tokens=8))
+    assert list(decoding_runtime(model).static_caches) == list(caches)
 
 
 # --------------------------------------------------------------------------------------------------- compiled
@@ -283,10 +290,11 @@ def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, 
     # Kept when decided: neither a later call in this process nor a new process (only the file remembers) measures
     # again. A provisional choice is measured again by the next call.
     model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify")
-    choices.forget()
-    model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify")
     (latest,) = choices.measured.values()
     assert (latest is measurement) == decision.decided
+    decoding_runtime(model).draft_choices = None  # as a new process starts: only the file remembers
+    model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify")
+    assert len(draft_length_choices(model).measured) == (0 if decision.decided else 1)
     assert (tmp_path / "draft_lengths.json").is_file()
 
 

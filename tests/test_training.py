@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from recycle_hf import graft_recycle_module, load_recycle_adapter
 from recycle_hf.adapter import add_base_lora
+from recycle_hf.checkpoint_code.modeling_recyclegpt import positions_from_attention_mask
 from recycle_hf.cli import main as cli_main
 from recycle_hf.data import load_token_blocks
 from recycle_hf.draft_vocabulary import frequent_token_ids
-from recycle_hf.modeling_recyclegpt import positions_from_attention_mask
 from recycle_hf.training import (
     BaseStateDataset,
     RecycleTrainer,

@@ -9,16 +9,17 @@ from test_static_generation import FAMILIES, compile_config, oracle_model, plain
 from torch._dynamo.testing import CompileCounter
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from recycle_hf.draft_choice_recyclegpt import decide_draft_shape
-from recycle_hf.draft_length_recyclegpt import (
+from recycle_hf.checkpoint_code.draft_choice_recyclegpt import decide_draft_shape
+from recycle_hf.checkpoint_code.draft_length_recyclegpt import (
     acceptance_by_rank,
     calibration_file,
     calibration_key,
     draft_length_choices,
 )
-from recycle_hf.draft_tree_recyclegpt import DraftTree, best_draft_tree, spine_tree
-from recycle_hf.static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
-from recycle_hf.tree_generation_recyclegpt import StaticTreeDecoder
+from recycle_hf.checkpoint_code.draft_tree_recyclegpt import DraftTree, best_draft_tree, spine_tree
+from recycle_hf.checkpoint_code.runtime_recyclegpt import decoding_runtime
+from recycle_hf.checkpoint_code.static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
+from recycle_hf.checkpoint_code.tree_generation_recyclegpt import StaticTreeDecoder
 
 from conftest import PAD, VOCAB_SIZE, left_padded_batch, tiny_recycle_model
 
@@ -261,7 +262,7 @@ def test_a_stored_tree_choice_is_decoded_and_an_invalid_one_measured_again(monke
     assert output.recycle_stats["num_draft_tokens"] == tree
     assert torch.equal(output.sequences, plain(model, input_ids, attention_mask, max_new_tokens=8))
     assert not draft_length_choices(model).measured
-    draft_length_choices(model).forget()
+    decoding_runtime(model).draft_choices = None  # as a new process starts: only the file remembers
     path.write_text(json.dumps({key: [[1, 0]]}))  # not a tree: [1, 0] lacks its parent [1]
     model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify",
                    do_sample=False)

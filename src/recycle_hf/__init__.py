@@ -4,10 +4,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from ._version import __version__
 from .adapter import load_recycle_adapter
-from .configuration_recyclegpt import TESTED_BASE_MODEL_TYPES, RecycleGPTConfig
-from .generation_recyclegpt import DEFAULT_NUM_DRAFT_TOKENS, RECYCLE_MODES, RecycleGenerateOutput
+from .checkpoint_code.configuration_recyclegpt import TESTED_BASE_MODEL_TYPES, RecycleGPTConfig
+from .checkpoint_code.generation_recyclegpt import DEFAULT_NUM_DRAFT_TOKENS, RECYCLE_MODES, RecycleGenerateOutput
+from .checkpoint_code.modeling_recyclegpt import RecycleCache, RecycleGPTForCausalLM, RecycleGPTOutput
 from .graft import graft_recycle_module
-from .modeling_recyclegpt import RecycleCache, RecycleGPTForCausalLM, RecycleGPTOutput
 
 
 # `save_pretrained` copies the remote-code files and writes `auto_map`, so checkpoints load without this package.

@@ -60,7 +60,7 @@ def default_base_folder() -> Path:
 def load_default_base(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """SmolLM2-135M-Instruct (LLaMA architecture) and its tokenizer, offline.
 
-    The first call dequantizes the GGUF file (about 20 s on 2 CPU cores) and caches an fp32 safetensors copy in
+    The first call dequantizes the GGUF file (the slow part of a first run) and caches an fp32 safetensors copy in
     `dequantized_base_dir()`; later calls load that copy. Delete the folder to rebuild it.
     """
     cached = dequantized_base_dir()

@@ -7,7 +7,7 @@ of the Python API already catch (ValueError, FileNotFoundError).
 
 from __future__ import annotations
 
-from .configuration_recyclegpt import RecycleGPTCheckpointError
+from .checkpoint_code.configuration_recyclegpt import RecycleGPTCheckpointError
 
 
 class UserError(Exception):

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from .configuration_recyclegpt import RECYCLE_SETTING_NAMES, TESTED_BASE_MODEL_TYPES, RecycleGPTConfig
-from .modeling_recyclegpt import RecycleGPTForCausalLM, find_decoder_blocks
+from .checkpoint_code.configuration_recyclegpt import RECYCLE_SETTING_NAMES, TESTED_BASE_MODEL_TYPES, RecycleGPTConfig
+from .checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM, find_decoder_blocks
 
 
 logger = logging.getLogger(__name__)

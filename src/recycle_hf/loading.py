@@ -14,11 +14,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .adapter import ADAPTER_CONFIG_NAME, load_recycle_adapter, read_adapter_config, resolve_adapter_folder
-from .configuration_recyclegpt import RecycleGPTCheckpointError
+from .checkpoint_code.configuration_recyclegpt import RecycleGPTCheckpointError
+from .checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
+from .checkpoint_code.publishing_recyclegpt import check_safetensors_file
 from .defaults import DEFAULT_ADAPTER_DIR, DEFAULT_BASE_NAME, load_default_base
 from .errors import InputNotFoundError, InvalidInputError
 from .local_folders import check_local_folder
-from .modeling_recyclegpt import RecycleGPTForCausalLM, check_safetensors_file
 
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .checkpoint_code.publishing_recyclegpt import interrupted_save_version
 from .errors import InputNotFoundError, InvalidInputError
-from .modeling_recyclegpt import interrupted_save_version
 
 
 def is_hub_repo_id(name: str) -> bool:

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 import torch
 from transformers import GenerationConfig, LlamaConfig
 
-from .configuration_recyclegpt import RecycleGPTConfig
-from .modeling_recyclegpt import RecycleGPTForCausalLM
+from .checkpoint_code.configuration_recyclegpt import RecycleGPTConfig
+from .checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
 
 
 logger = logging.getLogger(__name__)

@@ -36,8 +36,8 @@ from transformers import (
     Trainer,
 )
 
-from .configuration_recyclegpt import RecycleGPTConfig
-from .modeling_recyclegpt import RecycleGPTForCausalLM
+from .checkpoint_code.configuration_recyclegpt import RecycleGPTConfig
+from .checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
 from .presets import preset_config
 from .training import RecycleTrainer, RecycleTrainingArguments, RecycleTrainingModel, loss_settings
 

@@ -14,7 +14,7 @@ layers on the base), `saving` (`save_recycle_adapter`, which `RecycleGPTForCausa
 `loading` (`load_recycle_adapter`).
 """
 
-from ..configuration_recyclegpt import RECYCLE_SETTING_NAMES
+from ..checkpoint_code.configuration_recyclegpt import RECYCLE_SETTING_NAMES
 from .config import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_FORMAT_VERSION,

@@ -14,11 +14,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
-from ..configuration_recyclegpt import RECYCLE_SETTING_NAMES
+from ..checkpoint_code.configuration_recyclegpt import RECYCLE_SETTING_NAMES
+from ..checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
+from ..checkpoint_code.publishing_recyclegpt import check_safetensors_file
 from ..errors import InputNotFoundError, InvalidInputError
 from ..graft import check_graftable_base, graft_recycle_module
 from ..local_folders import check_local_folder
-from ..modeling_recyclegpt import RecycleGPTForCausalLM, check_safetensors_file
 from .config import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,

@@ -1,6 +1,9 @@
 # Copyright 2026 The recycle-hf team. Licensed under the Apache License, Version 2.0.
 """LoRA layers on the base, trained together with the module: peft's layers injected into the plain base in place.
 
+Every function takes a RecycleGPT model (anything with `base_lm`); the model file is not imported here, since the
+model's `save_adapter` imports the adapter saver.
+
 The base stays a plain `*ForCausalLM` (peft's `inject_adapter_in_model`, not a `PeftModel` wrapper), so the model's
 forward, its decoding modes and the adapter's tensor names (`base_lm.<base's own names>`) do not change with LoRA.
 """
@@ -8,7 +11,6 @@ forward, its decoding modes and the adapter's tensor names (`base_lm.<base's own
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
@@ -16,14 +18,11 @@ from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 
-if TYPE_CHECKING:
-    from ..modeling_recyclegpt import RecycleGPTForCausalLM
-
 # peft's name for the one LoRA adapter on the base.
 LORA_ADAPTER_NAME = "default"
 
 
-def add_base_lora(model: RecycleGPTForCausalLM, lora_config: LoraConfig) -> RecycleGPTForCausalLM:
+def add_base_lora(model: PreTrainedModel, lora_config: LoraConfig) -> PreTrainedModel:
     """Inject trainable LoRA layers into `model.base_lm` in place (peft's `inject_adapter_in_model`).
 
     The base stays a plain `*ForCausalLM` whose targeted linear layers now carry LoRA weights, so the model's
@@ -40,7 +39,7 @@ def add_base_lora(model: RecycleGPTForCausalLM, lora_config: LoraConfig) -> Recy
     return model
 
 
-def base_lora_config(model: RecycleGPTForCausalLM) -> LoraConfig | None:
+def base_lora_config(model: PreTrainedModel) -> LoraConfig | None:
     """The `LoraConfig` of the LoRA layers in `model.base_lm`, or None when the base has none."""
     peft_config = getattr(model.base_lm, "peft_config", None)
     return peft_config.get(LORA_ADAPTER_NAME) if isinstance(peft_config, dict) else None
@@ -51,7 +50,7 @@ def base_lora_config(model: RecycleGPTForCausalLM) -> LoraConfig | None:
 # a new `LoraModel` on the injected base would re-initialise the trained LoRA weights. So this merges layer by layer
 # with peft's own `LoraLayer.merge`, as `merge_and_unload` does.
 @torch.no_grad()
-def merge_base_lora(model: RecycleGPTForCausalLM) -> RecycleGPTForCausalLM:
+def merge_base_lora(model: PreTrainedModel) -> PreTrainedModel:
     """Fold the LoRA weights into the base's weights and remove the LoRA layers; returns `model`.
 
     Do this before `model.save_pretrained` to write a standalone checkpoint of a model trained with LoRA.

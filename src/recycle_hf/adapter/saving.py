@@ -3,7 +3,8 @@
 
 The complete adapter is written into a staging folder beside the target, which then replaces the target folder by
 renames (the old one is kept until the new one is in place), so an interrupted save leaves the previous adapter or the
-new one, never a mixture. `RecycleGPTForCausalLM.save_adapter` is a thin entry to `save_recycle_adapter`.
+new one, never a mixture. `RecycleGPTForCausalLM.save_adapter` is a thin entry to `save_recycle_adapter`, so this
+file does not import the model file (that would close an import circle).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from pathlib import Path
 import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
+from transformers import PreTrainedModel
 
 from .._version import __version__
 from ..atomic import staged_folder
-from ..configuration_recyclegpt import RECYCLE_SETTING_NAMES
+from ..checkpoint_code.configuration_recyclegpt import RECYCLE_SETTING_NAMES
 from ..errors import InvalidInputError
-from ..modeling_recyclegpt import RecycleGPTForCausalLM
 from .config import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 def adapter_state_dict(
-    model: RecycleGPTForCausalLM, state_dict: dict[str, torch.Tensor] | None = None
+    model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
     """The tensors an adapter holds: the module's weights and, with LoRA, the LoRA weights (prefixed `base_lm.`).
 
@@ -54,7 +55,7 @@ def adapter_state_dict(
 
 
 def build_adapter_config(
-    model: RecycleGPTForCausalLM, base_model_name_or_path: str | None = None
+    model: PreTrainedModel, base_model_name_or_path: str | None = None
 ) -> RecycleAdapterConfig:
     """The `adapter_config.json` of `model`'s adapter."""
     return RecycleAdapterConfig(
@@ -68,7 +69,7 @@ def build_adapter_config(
 
 
 def save_recycle_adapter(
-    model: RecycleGPTForCausalLM,
+    model: PreTrainedModel,
     save_directory: str | os.PathLike,
     base_model_name_or_path: str | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
@@ -87,7 +88,8 @@ def save_recycle_adapter(
     files are then uploaded to the Hub repository `repo_id` (default: the folder's name), created if needed.
     Returns the folder.
     """
-    if not isinstance(model, RecycleGPTForCausalLM):
+    # By its parts, not its class: a model loaded with trust_remote_code is of the checkpoint's copy of the class.
+    if not all(hasattr(model, name) for name in ("recycle_module", "base_lm", "config")):
         raise ValueError(f"save_recycle_adapter needs a RecycleGPTForCausalLM, got {type(model).__name__}.")
     save_directory = Path(save_directory)
     if save_directory.is_file():

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint_code.recycle_stats_recyclegpt import RecycleStats
 from .modes import COMPARATOR_MODES, DecodingMode
 
 
@@ -26,7 +27,7 @@ class ModeMeasurement:
     seconds: list[float] = field(default_factory=list)
     warmup_seconds: list[float] = field(default_factory=list)
     tokens_per_row: list[int] = field(default_factory=list)
-    recycle_stats: dict[str, Any] | None = None
+    recycle_stats: RecycleStats | None = None
     forward_seconds: dict[str, float] | None = None
     forward_calls: dict[str, int] | None = None
     instrumented_seconds: float | None = None
@@ -136,26 +137,14 @@ def summarize_measurement(measurement: ModeMeasurement, ratios: dict[str, float 
     return record
 
 
-_SUMMED_STATS = ("base_forwards", "row_base_forwards", "recycle_forwards", "new_tokens", "drafted_tokens",
-                 "accepted_drafts", "compile_seconds", "decoding_seconds")
-
-
-def merged_recycle_stats(per_set: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """One `recycle_stats` for prompt sets decoded in turn: counts and seconds add up, rates are recomputed."""
+def merged_recycle_stats(per_set: Sequence[RecycleStats | None]) -> RecycleStats | None:
+    """One `recycle_stats` for prompt sets decoded in turn (`RecycleStats.merged`); None for plain `generate`."""
     if not per_set or per_set[0] is None:
         return None
-    merged = dict(per_set[0])
-    for name in _SUMMED_STATS:
-        if name in merged:
-            merged[name] = sum(stats.get(name) or 0 for stats in per_set)
-    merged["tokens_per_row"] = [sum(row) for row in zip(*(stats["tokens_per_row"] for stats in per_set))]
-    merged["tokens_per_base_forward"] = merged["new_tokens"] / max(1, merged["row_base_forwards"])
-    drafted = merged["drafted_tokens"]
-    merged["acceptance_rate"] = merged["accepted_drafts"] / drafted if drafted else None
-    return merged
+    return RecycleStats.merged(per_set)
 
 
-def new_tokens_per_row(sequences: torch.Tensor, prompt_width: int, stats: dict[str, Any] | None) -> list[int]:
+def new_tokens_per_row(sequences: torch.Tensor, prompt_width: int, stats: RecycleStats | None) -> list[int]:
     """The new tokens of each row of one `generate` output."""
     if stats is not None and stats.get("tokens_per_row"):
         return list(stats["tokens_per_row"])

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from transformers import OPTConfig, PreTrainedTokenizerBase
 
-from ..configuration_recyclegpt import RecycleGPTConfig
+from ..checkpoint_code.configuration_recyclegpt import RecycleGPTConfig
+from ..checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
 from ..graft import DEFAULT_GRAFT_INIT, graft_recycle_module
 from ..loading import DTYPES, base_model_name, default_adapter, load_base, load_recycle_model
-from ..modeling_recyclegpt import RecycleGPTForCausalLM
 from ..presets import PRESETS, llama_recycle_config, preset_config
 
 

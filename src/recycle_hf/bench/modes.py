@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from transformers import CompileConfig
 
-from ..modeling_recyclegpt import RecycleGPTForCausalLM
+from ..checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
+from ..checkpoint_code.recycle_stats_recyclegpt import RecycleStats
 from .prompts import PromptBatch
 from .timing import synchronize
 
@@ -89,7 +90,7 @@ def decoding_modes(
 class GenerationRun:
     sequences: torch.Tensor
     seconds: float
-    recycle_stats: dict[str, Any] | None = None
+    recycle_stats: RecycleStats | None = None
 
 
 @contextlib.contextmanager

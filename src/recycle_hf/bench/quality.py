@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..checkpoint_code.draft_length_recyclegpt import check_fixed_draft_counts
+from ..checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
+from ..checkpoint_code.recycle_stats_recyclegpt import RecycleStats
 from ..distill import continuation_lengths
-from ..draft_length_recyclegpt import check_num_draft_tokens
 from ..loading import pad_token_id
-from ..modeling_recyclegpt import RecycleGPTForCausalLM
 from .checks import compare_outputs
 from .environment import environment_info
 from .models import BenchmarkModel, generation_setting
@@ -112,11 +112,7 @@ class QualitySettings:
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if not self.num_draft_tokens or "auto" in self.num_draft_tokens:
-            raise ValueError(f"num_draft_tokens must be integers (auto is a mode of its own), got "
-                             f"{self.num_draft_tokens}.")
-        for value in self.num_draft_tokens:
-            check_num_draft_tokens(value)
+        check_fixed_draft_counts(self.num_draft_tokens)
 
 
 def run_quality_benchmark(
@@ -131,7 +127,7 @@ def run_quality_benchmark(
     eos_token_ids = eos_token_ids_of(model)
     pad_id = pad_token_id(tokenizer)
     totals = QualityTotals()
-    verify_stats = {k: defaultdict(int) for k in settings.num_draft_tokens}
+    verify_stats: dict[int, list[RecycleStats]] = {k: [] for k in settings.num_draft_tokens}
     mismatched_prompts = {k: [] for k in settings.num_draft_tokens}
     batches = [prompts[start : start + settings.batch_size] for start in range(0, len(prompts), settings.batch_size)]
     for batch_index, batch_prompts in enumerate(tqdm(batches, desc="quality", unit="batch")):
@@ -155,8 +151,7 @@ def run_quality_benchmark(
                     {"prompt": batch_prompts[m["row"]], "first_difference": m["first_difference"]}
                     for m in check["mismatches"]
                 ]
-                for name in ("row_base_forwards", "new_tokens", "drafted_tokens", "accepted_drafts"):
-                    verify_stats[k][name] += verify.recycle_stats[name]
+                verify_stats[k].append(verify.recycle_stats)
             text = plain
             if settings.sample_continuations:
                 torch.manual_seed(settings.seed + batch_index)
@@ -180,8 +175,8 @@ def run_quality_benchmark(
         # Per k: tokens per base forward counted per row while it generates (batch-independent), greedy.
         "verify": {
             str(k): {
-                "tokens_per_base_forward": stats["new_tokens"] / max(1, stats["row_base_forwards"]),
-                "acceptance_rate": stats["accepted_drafts"] / max(1, stats["drafted_tokens"]),
+                "tokens_per_base_forward": RecycleStats.merged(stats).tokens_per_base_forward,
+                "acceptance_rate": RecycleStats.merged(stats).acceptance_rate,
                 "equals_plain": not mismatched_prompts[k],
                 "mismatched_prompts": mismatched_prompts[k],
             }

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..draft_length_recyclegpt import check_num_draft_tokens
-from ..draft_tree_recyclegpt import is_tree_spec
+from ..checkpoint_code.draft_length_recyclegpt import check_fixed_draft_counts, check_num_draft_tokens
+from ..checkpoint_code.draft_tree_recyclegpt import is_tree_spec
 from .checks import compare_outputs, merged_checks
 from .environment import environment_info
 from .measurements import (
@@ -83,11 +83,7 @@ class SpeedSettings:
             raise ValueError(f"warmup must be 0 or more, got {self.warmup}.")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch sizes must be positive integers, got {self.batch_sizes}.")
-        if not self.num_draft_tokens or "auto" in self.num_draft_tokens:
-            raise ValueError(f"num_draft_tokens must be integers (auto is a mode of its own), got "
-                             f"{self.num_draft_tokens}.")
-        for value in self.num_draft_tokens:
-            check_num_draft_tokens(value)
+        check_fixed_draft_counts(self.num_draft_tokens)
         for tree in self.draft_trees:
             if not is_tree_spec(tree):
                 raise ValueError(f"draft trees must be lists of paths such as [[0], [1], [0, 0]], got {tree!r}.")

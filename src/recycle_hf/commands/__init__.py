@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..draft_length_recyclegpt import check_num_draft_tokens
+from ..checkpoint_code.draft_length_recyclegpt import check_fixed_draft_counts, check_num_draft_tokens
 
 
 def bounded(
@@ -69,9 +69,10 @@ def num_draft_tokens_option(text: str) -> Any:
 def num_draft_tokens_list(text: str) -> tuple[int, ...]:
     """`--num-draft-tokens 1,2,3` of the benchmarks: integers, each checked as `generate` checks one."""
     values = tuple(num_draft_tokens_option(part.strip()) for part in text.split(",") if part.strip())
-    if not values or "auto" in values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,3, got {text!r} (the "
-                                         "benchmarks measure 'auto' as a mode of its own)")
+    try:
+        check_fixed_draft_counts(values)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).rstrip(".")) from None
     return values
 
 

@@ -12,14 +12,14 @@ import argparse
 import torch
 
 from ..bench.prompts import BENCHMARK_PROMPTS, encode_chat_prompts, prompt_texts
-from ..draft_length_recyclegpt import (
+from ..checkpoint_code.draft_length_recyclegpt import (
     calibration_file,
     calibration_key,
     draft_length_choices,
     measure_draft_length,
     stored_choices,
 )
-from ..few_row_products_recyclegpt import (
+from ..checkpoint_code.few_row_products_recyclegpt import (
     describe_machine,
     machine_key,
     measure_product_forms_again,

@@ -8,9 +8,9 @@ import time
 import torch
 from transformers import CompileConfig, TextStreamer
 
+from ..checkpoint_code.few_row_products_recyclegpt import describe_machine
+from ..checkpoint_code.generation_recyclegpt import DEFAULT_NUM_DRAFT_TOKENS, resolve_recycle_mode
 from ..distill import format_prompt
-from ..few_row_products_recyclegpt import describe_machine
-from ..generation_recyclegpt import DEFAULT_NUM_DRAFT_TOKENS, resolve_recycle_mode
 from ..loading import add_recycle_model_arguments, load_recycle_model_from_args
 from . import bounded, num_draft_tokens_option, positive_float, positive_int
 

@@ -27,13 +27,13 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import resolve_max_length
 
 from ..bench.quality import alternating_schedule_mask
-from ..configuration_recyclegpt import RecycleGPTConfig
+from ..checkpoint_code.configuration_recyclegpt import RecycleGPTConfig
+from ..checkpoint_code.draft_length_recyclegpt import check_num_draft_tokens
+from ..checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
 from ..defaults import default_base_folder
-from ..draft_length_recyclegpt import check_num_draft_tokens
 from ..errors import InputNotFoundError, InvalidInputError
 from ..loading import DEFAULT_BASE, default_adapter
 from ..local_folders import check_local_folder
-from ..modeling_recyclegpt import RecycleGPTForCausalLM
 
 
 EVAL_MODES = ("std", "rec", "verify")

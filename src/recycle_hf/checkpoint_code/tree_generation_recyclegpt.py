@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .draft_tree_recyclegpt import DraftTree
+from .draft_tree_recyclegpt import DraftTree, check_tree_decoding
 from .masks_recyclegpt import tree_attention_mask
 from .static_generation_recyclegpt import StaticDecodingState, StaticRecycleDecoder, StaticStepOutput
 
@@ -44,21 +44,11 @@ def ranked_candidates(scores: torch.Tensor, top_r: int) -> torch.Tensor:
 class StaticTreeDecoder(StaticRecycleDecoder):
     """`StaticRecycleDecoder` whose step drafts and verifies `tree` (greedy verify mode)."""
 
-    def __init__(
-        self,
-        model: Any,
-        prompt_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        settings: Any,
-        eos_token_ids: torch.Tensor | None,
-        compile_options: dict[str, Any] | None = None,
-    ):
-        if settings.mode != "verify" or settings.do_sample:
-            raise ValueError("A draft tree verifies greedy decoding only (recycle_mode='verify', do_sample=False).")
-        self.tree: DraftTree = settings.draft_tree
+    def prepare_draft_shape(self, settings: Any, device: torch.device) -> None:
+        check_tree_decoding(settings.mode, settings.do_sample)
         # Slots and output columns are sized by `num_draft_tokens`, the tree's node count: one slot per node.
-        super().__init__(model, prompt_ids, attention_mask, settings, eos_token_ids, compile_options)
-        self.tables = self.tree.tables(prompt_ids.device)
+        self.tree: DraftTree = settings.draft_tree
+        self.tables = self.tree.tables(device)
         self.draft_depth = self.tree.depth
 
     def _tree_positions(self, root_slots: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
@@ -138,17 +128,9 @@ class StaticTreeDecoder(StaticRecycleDecoder):
         return self.finish_step(state, nodes.gather(1, path), accepted, next_tokens, base_along_path, best_query)
 
 
-def static_decoder(
-    model: Any,
-    prompt_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    settings: Any,
-    eos_token_ids: torch.Tensor | None,
-    compile_options: dict[str, Any] | None = None,
-) -> StaticRecycleDecoder:
+def static_decoder_class(settings: Any) -> type[StaticRecycleDecoder]:
     """The fast path's decoder for `settings`: the tree decoder when they carry a draft tree, else the chain one."""
-    decoder_class = StaticTreeDecoder if settings.draft_tree is not None else StaticRecycleDecoder
-    return decoder_class(model, prompt_ids, attention_mask, settings, eos_token_ids, compile_options)
+    return StaticTreeDecoder if settings.draft_tree is not None else StaticRecycleDecoder
 
 
-__all__ = ["StaticTreeDecoder", "ranked_candidates", "static_decoder"]
+__all__ = ["StaticTreeDecoder", "ranked_candidates", "static_decoder_class"]

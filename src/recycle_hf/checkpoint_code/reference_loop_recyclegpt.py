@@ -19,7 +19,7 @@ This file is remote code: a checkpoint folder carries it, so it imports only tor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
 from typing import Any, Protocol
 
 import torch
@@ -33,6 +33,7 @@ from transformers.generation import (
 )
 
 from .masks_recyclegpt import positions_from_attention_mask
+from .recycle_stats_recyclegpt import RecycleStats
 from .static_generation_recyclegpt import speculative_acceptance
 
 
@@ -69,33 +70,6 @@ class ModuleDrafter:
 
     def update(self, decoder: RecycleDecoder, num_draft_tokens: int, accepted: list[int]) -> None:
         pass
-
-
-@dataclass
-class RecycleStats:
-    """What one reference-loop call did (its `recycle_stats`): forwards, drafts and tokens."""
-
-    batch_size: int
-    mode: str
-    num_draft_tokens: int
-    base_forwards: int = 0
-    # Base forwards counted once per row still generating: the per-row rate stays exact when rows end early.
-    row_base_forwards: int = 0
-    recycle_forwards: int = 0
-    new_tokens: int = 0
-    drafted_tokens: int = 0
-    accepted_drafts: int = 0
-    tokens_per_row: list[int] = field(default_factory=list)
-
-    def count_base_forward(self, generating_rows: int) -> None:
-        self.base_forwards += 1
-        self.row_base_forwards += generating_rows
-
-    def as_dict(self) -> dict[str, Any]:
-        stats = dict(self.__dict__)
-        stats["tokens_per_base_forward"] = self.new_tokens / max(1, self.row_base_forwards)
-        stats["acceptance_rate"] = self.accepted_drafts / self.drafted_tokens if self.drafted_tokens else None
-        return stats
 
 
 class RowContexts:
@@ -231,9 +205,11 @@ class RecycleDecoder:
         self.module_length = 0
         self.pending_states: torch.Tensor | None = None
         self.pending_valid: torch.Tensor | None = None
-        self.stats = RecycleStats(batch_size=batch_size, mode=self.mode, num_draft_tokens=self.num_draft_tokens)
+        self.stats = RecycleStats(batch_size=batch_size, mode=self.mode, num_draft_tokens=self.num_draft_tokens,
+                                  decoding_path="reference_loop")
 
     def run(self) -> torch.Tensor:
+        started = time.perf_counter()
         if self.max_new_tokens > 0:
             self.prefill()
             while self.unfinished_rows:
@@ -241,6 +217,7 @@ class RecycleDecoder:
         if self.streamer is not None:
             self.streamer.end()
         self.stats.tokens_per_row = list(self.rows.new_counts)
+        self.stats.decoding_seconds = time.perf_counter() - started
         return self.rows.sequences[:, : self.rows.prompt_length + max(self.rows.new_counts)]
 
     def step(self) -> None:
@@ -462,7 +439,6 @@ __all__ = [
     "ModuleDrafter",
     "RecycleDecoder",
     "RecycleDrafter",
-    "RecycleStats",
     "RowContexts",
     "slot_columns_needed",
 ]

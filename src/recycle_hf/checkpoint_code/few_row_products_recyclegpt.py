@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -42,6 +41,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers.utils import logging
+
+from .publishing_recyclegpt import locked_file, write_json_file
+from .runtime_recyclegpt import SharedPatches, decoding_runtime
 
 
 logger = logging.get_logger(__name__)
@@ -59,16 +61,10 @@ FORCED_FORMS_VARIABLE = "RECYCLE_HF_PRODUCT_FORMS"
 
 # The redirection is installed on shared layer objects, but only the threads inside `few_row_products` take it:
 # another thread's plain forward of the same model keeps `F.linear` (and its rounding).
-_thread_state = threading.local()
-_installing = threading.Lock()
+_redirected_layers = SharedPatches()
 _measuring = threading.Lock()
 # (shape, dtype) -> row counts computed swapped, for this process and machine (`swapped_row_counts`).
 _resolved_forms: dict[tuple[tuple[int, int], str], frozenset[int]] = {}
-
-
-def _active_in_this_thread() -> bool:
-    # A compiled step was traced inside the context and runs only there: no thread check in the graph.
-    return torch.compiler.is_compiling() or getattr(_thread_state, "depth", 0) > 0
 
 
 def worth_measuring(weight: torch.Tensor) -> bool:
@@ -146,10 +142,11 @@ def measure_product_forms_again(weights: Iterable[torch.Tensor]) -> None:
     with _measuring:
         _resolved_forms.clear()
         path, machine = product_forms_file(), machine_key()
-        data = _read_forms(path)
-        if machine in data:
-            del data[machine]
-            _write_whole_file(path, data)
+        with locked_file(path):
+            data = _read_forms(path)
+            if machine in data:
+                del data[machine]
+                write_json_file(path, data)
     resolve_product_forms(weights)
 
 
@@ -278,24 +275,23 @@ def _read_forms(path: Path) -> dict:
 
 
 def _write_forms(path: Path, machine: str, measured: dict[str, list[int]]) -> None:
-    """Add this machine's newly measured shapes to the file, atomically (written beside it, then renamed)."""
+    """Add this machine's newly measured shapes to the file, under its lock and atomically (written beside it, then
+    renamed): processes measuring at once keep each other's shapes."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_forms(path)
-        entry = data.get(machine) if isinstance(data.get(machine), dict) else {}
-        shapes = entry.get("shapes") if isinstance(entry.get("shapes"), dict) else {}
-        shapes.update(measured)
-        data[machine] = {"machine": describe_machine(), "torch": torch.__version__,
-                         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shapes": shapes}
-        _write_whole_file(path, data)
+        with locked_file(path):
+            _add_forms(path, machine, measured)
     except OSError as error:  # a read-only home still decodes; the next process measures again
         logger.warning("Could not record the product forms in %s: %s", path, error)
 
 
-def _write_whole_file(path: Path, data: dict) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-    os.replace(handle.name, path)
+def _add_forms(path: Path, machine: str, measured: dict[str, list[int]]) -> None:
+    data = _read_forms(path)
+    entry = data.get(machine) if isinstance(data.get(machine), dict) else {}
+    shapes = entry.get("shapes") if isinstance(entry.get("shapes"), dict) else {}
+    shapes.update(measured)
+    data[machine] = {"machine": describe_machine(), "torch": torch.__version__,
+                     "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "shapes": shapes}
+    write_json_file(path, data)
 
 
 @contextlib.contextmanager
@@ -311,33 +307,28 @@ def few_row_products(model: torch.nn.Module, device: torch.device) -> Iterator[N
         module for module in model.modules() if type(module) is torch.nn.Linear and worth_measuring(module.weight)
     ]
     resolve_product_forms(layer.weight for layer in layers)
-    with _installing:  # counted, so that one context's exit never removes what another still uses
-        for layer in layers:
-            swapped_rows = swapped_row_counts(layer.weight)
-            # One redirected forward per layer and forms: a compiled step guards on the identity of what it traced,
-            # so a new object each call would recompile it every call.
-            made = vars(layer).get("_few_row_forward")
-            if made is None or made.args[1] != swapped_rows:
-                layer._few_row_forward = functools.partial(_few_row_linear_forward, layer, swapped_rows)
-            users = vars(layer).get("_few_row_users", 0)
-            if users == 0:
-                layer.forward = layer._few_row_forward
-            layer._few_row_users = users + 1
-    _thread_state.depth = getattr(_thread_state, "depth", 0) + 1
-    try:
+    forwards = decoding_runtime(model).layer_forwards
+
+    def redirect(layer: torch.nn.Linear) -> None:
+        swapped_rows = swapped_row_counts(layer.weight)
+        # One redirected forward per layer and forms: a compiled step guards on the identity of what it traced, so
+        # a new object each call would recompile it every call.
+        made = forwards.get(layer)
+        if made is None or made.args[1] != swapped_rows:
+            made = forwards[layer] = functools.partial(_few_row_linear_forward, layer, swapped_rows)
+        layer.forward = made
+
+    with _redirected_layers.applied(layers, redirect, _restore_forward):
         yield
-    finally:
-        _thread_state.depth -= 1
-        with _installing:
-            for layer in layers:
-                layer._few_row_users -= 1
-                if layer._few_row_users == 0:
-                    del layer.forward
+
+
+def _restore_forward(layer: torch.nn.Linear) -> None:
+    del layer.forward  # the instance attribute goes; the class's forward shows again
 
 
 def _few_row_linear_forward(layer: torch.nn.Linear, swapped_rows: frozenset[int], states: torch.Tensor) -> torch.Tensor:
     """`project_rows` for a layer already known to qualify: outside the context's thread, `F.linear` itself."""
-    if not _active_in_this_thread():
+    if not _redirected_layers.active_in_this_thread():
         return F.linear(states, layer.weight, layer.bias)
     return project_rows(states, layer.weight, layer.bias, swapped_rows)
 

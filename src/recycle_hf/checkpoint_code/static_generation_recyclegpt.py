@@ -33,6 +33,8 @@ import torch
 from .attention_recyclegpt import grouped_query_sdpa
 from .few_row_products_recyclegpt import project_rows, swapped_row_counts
 from .masks_recyclegpt import row_attention_mask
+from .recycle_stats_recyclegpt import RecycleStats
+from .runtime_recyclegpt import decoding_runtime
 from .static_cache_recyclegpt import RowStaticCache
 
 
@@ -135,6 +137,7 @@ class StaticRecycleDecoder:
         self.alternate = settings.mode == "alternate"
         self.num_drafts = settings.num_draft_tokens
         self.draft_depth = self.num_drafts  # module forwards per step, catching up included (a tree: its depth)
+        self.prepare_draft_shape(settings, prompt_ids.device)
         self.do_sample = settings.do_sample
         self.processors = list(settings.logits_processor)
         self.streamer = settings.streamer
@@ -170,7 +173,11 @@ class StaticRecycleDecoder:
             torch.compile(self.step, **compile_options) if self.compiled else self.step
         )
 
+    def prepare_draft_shape(self, settings: Any, device: torch.device) -> None:
+        """What a subclass's draft shape needs before the caches are made (a chain needs nothing more)."""
+
     # --------------------------------------------------------------------------------------------------- forwards
+
     def _positions(self, start: torch.Tensor, num_new: int) -> torch.Tensor:
         slots = start.unsqueeze(1) + torch.arange(num_new, device=start.device)
         return (slots - self.padding_counts.unsqueeze(1)).clamp(0, self.max_position)
@@ -362,16 +369,16 @@ class StaticRecycleDecoder:
         return StaticStepOutput(state=state, emitted_tokens=first_tokens.unsqueeze(1), emitted_counts=counts,
                                 accepted=torch.zeros_like(counts))
 
-    def run(self) -> tuple[torch.Tensor, dict[str, Any]]:
+    def run(self) -> tuple[torch.Tensor, RecycleStats]:
         """Decode; returns (sequences [B, prompt + longest row], statistics)."""
         with contextlib.ExitStack() as stack:
             stack.enter_context(grouped_query_sdpa(self.model))  # changes only layers on transformers' "sdpa"
             if self.compiled:
-                # Patched once per call, not per step: a patch costs about 1.6 ms on the CPU.
+                # Patched once per call, not per step: entering a dynamo config patch is costly next to a step.
                 stack.enter_context(torch._dynamo.config.patch(recompile_limit=COMPILED_GRAPHS_LIMIT))
             return self._decode()
 
-    def _decode(self) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _decode(self) -> tuple[torch.Tensor, RecycleStats]:
         started = time.perf_counter()
         output = self.prefill()
         self._stream(output)
@@ -404,19 +411,20 @@ class StaticRecycleDecoder:
         longest = int(state.new_counts.max())
         sequences = torch.cat([self.prompt_ids, state.output_ids[:, :longest]], dim=1)
         drafted = int(state.generating_row_steps - self.prompt_ids.shape[0]) * self.num_drafts
-        stats = {
-            "base_forwards": base_forwards,
-            "row_base_forwards": int(state.generating_row_steps),
-            "recycle_forwards": recycle_forwards,
-            "new_tokens": int(state.new_counts.sum()),
-            "drafted_tokens": drafted,
-            "accepted_drafts": int(state.accepted_drafts),
-            "tokens_per_base_forward": int(state.new_counts.sum()) / max(1, int(state.generating_row_steps)),
-            "acceptance_rate": int(state.accepted_drafts) / drafted if drafted else None,
-            "tokens_per_row": state.new_counts.tolist(),
-            "compile_seconds": compile_seconds,
-            "decoding_seconds": time.perf_counter() - started - compile_seconds,
-        }
+        stats = RecycleStats(
+            batch_size=self.prompt_ids.shape[0],
+            mode="alternate" if self.alternate else "verify",
+            decoding_path="static",
+            base_forwards=base_forwards,
+            row_base_forwards=int(state.generating_row_steps),
+            recycle_forwards=recycle_forwards,
+            new_tokens=int(state.new_counts.sum()),
+            drafted_tokens=drafted,
+            accepted_drafts=int(state.accepted_drafts),
+            tokens_per_row=state.new_counts.tolist(),
+            compile_seconds=compile_seconds,
+            decoding_seconds=time.perf_counter() - started - compile_seconds,
+        )
         return sequences, stats
 
     def final_draft_step(self, state: StaticDecodingState) -> StaticStepOutput:
@@ -455,17 +463,14 @@ def _cloned(output: StaticStepOutput) -> StaticStepOutput:
 def static_caches(
     model: Any, batch_size: int, num_slots: int, device: torch.device
 ) -> tuple[RowStaticCache, RowStaticCache]:
-    """Base and module caches for `batch_size` rows of `num_slots`; kept on the model and reused by later calls of
-    the same size, so that compiled steps and CUDA graphs see the same tensors every call (stale entries are masked)."""
-    pool = model.__dict__.setdefault("_recycle_static_caches", {})
+    """Base and module caches for `batch_size` rows of `num_slots`; pooled in the model's `DecodingRuntime` and
+    reused by later calls of the same size, so that compiled steps and CUDA graphs see the same tensors every call
+    (stale entries are masked). `model.free_decoding_caches()` frees them."""
     key = (batch_size, num_slots, device, model.get_output_embeddings().weight.dtype)
-    if key not in pool:
-        pool.clear()  # one size at a time: the memory of a large batch is not kept behind a small one
-        pool[key] = (
-            RowStaticCache(model.config.base_config.num_hidden_layers, num_slots, batch_size, device),
-            RowStaticCache(model.recycle_module.config.num_hidden_layers, num_slots, batch_size, device),
-        )
-    return pool[key]
+    return decoding_runtime(model).cache_pair(key, lambda: (
+        RowStaticCache(model.config.base_config.num_hidden_layers, num_slots, batch_size, device),
+        RowStaticCache(model.recycle_module.config.num_hidden_layers, num_slots, batch_size, device),
+    ))
 
 
 __all__ = [

@@ -175,6 +175,13 @@ def check_tree_paths(paths: Any) -> list[tuple[int, ...]]:
     return checked
 
 
+def check_tree_decoding(mode: str | None, do_sample: bool) -> None:
+    """Trees verify greedy decoding only; sampling stays on chains. The one refusal, for `generate` and the step."""
+    if mode != "verify" or do_sample:
+        raise ValueError("A draft tree verifies greedy decoding only (recycle_mode='verify', do_sample=False): with "
+                         "do_sample=True pass an integer num_draft_tokens (a chain) or 'auto'.")
+
+
 def is_tree_spec(value: Any) -> bool:
     """Whether `num_draft_tokens` was given as a tree (a list of paths) rather than "auto" or a count."""
     return isinstance(value, (list, tuple))
@@ -237,6 +244,7 @@ __all__ = [
     "TreeLevel",
     "TreeTables",
     "best_draft_tree",
+    "check_tree_decoding",
     "check_tree_paths",
     "is_tree_spec",
     "path_probability",

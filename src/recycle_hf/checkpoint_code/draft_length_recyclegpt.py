@@ -32,14 +32,12 @@ This file is remote code: a checkpoint folder carries it, so it imports only tor
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +49,10 @@ from transformers.utils import logging
 from .draft_choice_recyclegpt import DraftShapeDecision, decide_draft_shape
 from .draft_tree_recyclegpt import DraftTree, best_draft_tree, check_tree_paths, is_tree_spec, spine_tree
 from .few_row_products_recyclegpt import describe_machine, few_row_products
+from .publishing_recyclegpt import locked_file, write_json_file
+from .runtime_recyclegpt import decoding_runtime
 from .static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
-from .tree_generation_recyclegpt import static_decoder
+from .tree_generation_recyclegpt import static_decoder_class
 
 
 logger = logging.get_logger(__name__)
@@ -95,6 +95,16 @@ def check_num_draft_tokens(num_draft_tokens: Any) -> None:
             f"num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to {MAX_NUM_DRAFT_TOKENS} (or a "
             f"draft tree such as [[0], [1], [0, 0]]), got {num_draft_tokens!r}."
         )
+
+
+def check_fixed_draft_counts(values: Sequence[Any]) -> None:
+    """The benchmarks' rule for a list of draft counts: at least one, each checked as `generate` checks one, and no
+    "auto" (the benchmarks measure it as a mode of its own)."""
+    if not values or any(isinstance(value, str) for value in values):
+        raise ValueError(f"num_draft_tokens must be integers such as 1,2,3 (auto is a mode of its own), got "
+                         f"{list(values)}.")
+    for value in values:
+        check_num_draft_tokens(value)
 
 
 def acceptance_by_rank(
@@ -204,35 +214,16 @@ def _is_valid_entry(entry: Any) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock beside `path` while one process reads, changes and rewrites it: processes that calibrate
-    different keys at once never lose each other's entries (POSIX `flock`; elsewhere no lock)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; writes stay atomic, a concurrent entry may be measured again
-        yield
-        return
-    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def write_choice(path: Path, key: str, entry: dict[str, Any] | int | list[list[int]]) -> None:
     """Add one entry to the file, under the file's lock and atomically (written beside it, then renamed): a kill
     never leaves half a file, and concurrent writers keep every entry. Entries that fail the check are dropped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(path):
+        with locked_file(path):
             stored, _ = _read_choices(path)
             choices = {name: value for name, value in stored.items() if _is_valid_entry(value)}
             choices[key] = entry
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-                json.dump(choices, handle, indent=1, sort_keys=True)
-            os.replace(handle.name, path)
+            write_json_file(path, choices)
     except OSError as error:  # a read-only home still decodes; it just measures again next process
         logger.warning("Could not record the draft length in %s: %s", path, error)
 
@@ -419,7 +410,7 @@ def calibration_decoder(
         max_new_tokens=CALIBRATION_TOKENS + largest - tree.num_nodes,
         draft_tree=None if tree.is_chain else tree,
     )
-    return static_decoder(model, input_ids, attention_mask, settings, eos_token_ids=None)
+    return static_decoder_class(settings)(model, input_ids, attention_mask, settings, eos_token_ids=None)
 
 
 class _TokenClock(StoppingCriteria):
@@ -495,17 +486,14 @@ class DraftLengthChoices:
         self.in_memory[key] = resolved
         return resolved
 
-    def forget(self) -> None:
-        """Drop what this process remembers (the file stays), as a new process starts."""
-        self.in_memory.clear()
-        self.provisional_calibrations.clear()
-
 
 def draft_length_choices(model: Any) -> DraftLengthChoices:
-    """The model's `DraftLengthChoices`, made on first use."""
-    if getattr(model, "_recycle_draft_length_choices", None) is None:
-        model._recycle_draft_length_choices = DraftLengthChoices()
-    return model._recycle_draft_length_choices
+    """The model's `DraftLengthChoices` (kept in its `DecodingRuntime`), made on first use."""
+    runtime = decoding_runtime(model)
+    with runtime.lock:
+        if runtime.draft_choices is None:
+            runtime.draft_choices = DraftLengthChoices()
+        return runtime.draft_choices
 
 
 __all__ = [
@@ -521,6 +509,7 @@ __all__ = [
     "calibration_file",
     "calibration_key",
     "candidate_shapes",
+    "check_fixed_draft_counts",
     "check_num_draft_tokens",
     "draft_length_choices",
     "measure_acceptance_by_rank",

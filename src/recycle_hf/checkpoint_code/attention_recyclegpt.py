@@ -5,7 +5,8 @@ With a mask and more than one query, transformers' sdpa attention repeats each k
 serves (`repeat_kv`: two copies of the layer's whole cache, every layer, every forward), because it asks torch for
 grouped attention only where no mask is given. The fast path's verify forwards are exactly that case (k + 1 queries,
 a mask over the static cache), and torch's own sdpa takes the mask with `enable_gqa=True` and no copies, in the same
-fused CPU kernel and with the same bits (tested). SmolLM2 (9 query heads on 3 key/value heads) decodes 4% faster.
+fused CPU kernel and with the same bits (tested); docs/BENCHMARKS.md has what it saves on SmolLM2 (9 query heads on 3
+key/value heads).
 
 The fast path names this attention for the layers of the base and the module while it decodes on the CPU
 (`grouped_query_sdpa`) and restores transformers' "sdpa" afterwards; everything else it passes to transformers' sdpa.
@@ -18,7 +19,6 @@ This file is remote code: a checkpoint folder carries it, so it imports only tor
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,18 +29,14 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils.import_utils import is_torch_greater_or_equal
 
+from .runtime_recyclegpt import SharedPatches
+
 
 GROUPED_QUERY_SDPA = "recycle_grouped_query_sdpa"
 _TORCH_HAS_GROUPED_SDPA = is_torch_greater_or_equal("2.5", accept_dev=True)
 # The attention name is set on shared configs, but only threads inside `grouped_query_sdpa` read heads in place;
 # the others get transformers' sdpa exactly (same bits either way, but no other thread should depend on ours).
-_thread_state = threading.local()
-_switching = threading.Lock()
-_config_users: dict[int, int] = {}  # id(config) -> contexts using it (kept off the config, which is serialised)
-
-
-def _active_in_this_thread() -> bool:
-    return torch.compiler.is_compiling() or getattr(_thread_state, "depth", 0) > 0
+_grouped_configs = SharedPatches()
 
 
 def grouped_query_sdpa_attention(
@@ -56,7 +52,8 @@ def grouped_query_sdpa_attention(
     """transformers' sdpa attention, except that several queries under a mask read the grouped heads in place."""
     grouped = getattr(module, "num_key_value_groups", 1) > 1
     plain_keys = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
-    if not (grouped and plain_keys and attention_mask is not None and query.shape[2] > 1 and _active_in_this_thread()):
+    if not (grouped and plain_keys and attention_mask is not None and query.shape[2] > 1
+            and _grouped_configs.active_in_this_thread()):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
@@ -82,23 +79,16 @@ def grouped_query_sdpa(model: torch.nn.Module) -> Iterator[None]:
         if hasattr(layer, "num_key_value_groups")
         and getattr(getattr(layer, "config", None), "_attn_implementation", None) in ("sdpa", GROUPED_QUERY_SDPA)
     }
-    with _switching:  # counted, so that one context's exit never switches back what another still uses
-        for config in configs.values():
-            users = _config_users.get(id(config), 0)
-            if users == 0:
-                config._attn_implementation = GROUPED_QUERY_SDPA
-            _config_users[id(config)] = users + 1
-    _thread_state.depth = getattr(_thread_state, "depth", 0) + 1
-    try:
+    with _grouped_configs.applied(configs.values(), _use_grouped_query_sdpa, _use_sdpa):
         yield
-    finally:
-        _thread_state.depth -= 1
-        with _switching:
-            for config in configs.values():
-                _config_users[id(config)] -= 1
-                if _config_users[id(config)] == 0:
-                    del _config_users[id(config)]
-                    config._attn_implementation = "sdpa"
+
+
+def _use_grouped_query_sdpa(config: Any) -> None:
+    config._attn_implementation = GROUPED_QUERY_SDPA
+
+
+def _use_sdpa(config: Any) -> None:
+    config._attn_implementation = "sdpa"
 
 
 __all__ = ["GROUPED_QUERY_SDPA", "grouped_query_sdpa", "grouped_query_sdpa_attention"]

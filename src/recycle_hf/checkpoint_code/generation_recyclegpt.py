@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +40,13 @@ from .draft_length_recyclegpt import (
     draft_length_choices,
     measure_draft_length,
 )
-from .draft_tree_recyclegpt import is_tree_spec, split_draft_setting
+from .draft_tree_recyclegpt import check_tree_decoding, is_tree_spec, split_draft_setting
 from .few_row_products_recyclegpt import few_row_products
+from .recycle_stats_recyclegpt import RecycleStats
 from .reference_loop_recyclegpt import CONTEXT_FREE_PROCESSORS, RecycleDecoder, RecycleDrafter
+from .runtime_recyclegpt import decoding_runtime
 from .static_generation_recyclegpt import DecodingSettings, speculative_acceptance
-from .tree_generation_recyclegpt import static_decoder
+from .tree_generation_recyclegpt import static_decoder_class
 
 
 logger = logging.get_logger(__name__)
@@ -74,7 +74,7 @@ _UNSET = object()
 class RecycleGenerateOutput(GenerateDecoderOnlyOutput):
     """`GenerateDecoderOnlyOutput` plus `recycle_stats`: counts of forwards, drafts and tokens for this call."""
 
-    recycle_stats: dict[str, Any] | None = None
+    recycle_stats: RecycleStats | None = None
 
 
 def resolve_recycle_mode(mode: Any) -> str | None:
@@ -148,9 +148,8 @@ class RecycleGenerationMixin:
         # Merge the call's generation arguments here, so that `generate` below sees one complete config.
         generation_config = _without_recycle_settings(base_generation_config)
         kwargs = generation_config.update(**kwargs)
-        if mode == "verify" and is_tree_spec(num_draft_tokens) and generation_config.do_sample:
-            raise ValueError("A draft tree verifies greedy decoding only: with do_sample=True pass an integer "
-                             "num_draft_tokens (a chain) or 'auto'.")
+        if mode == "verify" and is_tree_spec(num_draft_tokens):
+            check_tree_decoding(mode, bool(generation_config.do_sample))
         if mode is None:
             return self.base_lm.generate(inputs, generation_config=generation_config, streamer=streamer, **kwargs)
 
@@ -162,7 +161,7 @@ class RecycleGenerationMixin:
                     "recycle_mode=None for it."
                 )
         check_recycle_prompt(self, input_ids, kwargs.get("attention_mask"), generation_config)
-        with generation_lock(self):
+        with decoding_runtime(self).lock:  # recycle-mode calls on one model run one at a time
             draft_source = "given"
             if num_draft_tokens == "auto":
                 resolved = self.auto_draft_length(input_ids, kwargs.get("attention_mask"), generation_config)
@@ -325,21 +324,6 @@ def has_learned_positions(model: Any) -> bool:
     return model.rotary_embedding is None
 
 
-# Recycle-mode calls on one model run one at a time: the fast path pools its caches on the model and redirects
-# layers while it decodes. Kept beside the model, not on it, so that a model still deep-copies and pickles.
-_GENERATION_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_GENERATION_LOCKS_GUARD = threading.Lock()
-
-
-def generation_lock(model: Any) -> threading.RLock:
-    """The lock a recycle-mode `generate` call on `model` holds (re-entrant: a streamer may call generate)."""
-    with _GENERATION_LOCKS_GUARD:
-        lock = _GENERATION_LOCKS.get(model)
-        if lock is None:
-            lock = _GENERATION_LOCKS[model] = threading.RLock()
-        return lock
-
-
 def plain_verify_decoding(
     model: Any,
     inputs: torch.Tensor | None,
@@ -361,24 +345,18 @@ def plain_verify_decoding(
     is_eos = (new_ids.unsqueeze(-1) == eos_ids).any(dim=-1) if eos_ids.numel() else torch.zeros_like(new_ids).bool()
     first_eos = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, new_ids.shape[1])
     tokens_per_row = first_eos.tolist()
-    stats = {
-        "base_forwards": new_ids.shape[1],
-        "row_base_forwards": sum(tokens_per_row),
-        "recycle_forwards": 0,
-        "new_tokens": sum(tokens_per_row),
-        "drafted_tokens": 0,
-        "accepted_drafts": 0,
-        "tokens_per_base_forward": 1.0,
-        "acceptance_rate": None,
-        "tokens_per_row": tokens_per_row,
-        "compile_seconds": 0.0,
-        "decoding_seconds": time.perf_counter() - started,
-        "batch_size": new_ids.shape[0],
-        "mode": "verify",
-        "num_draft_tokens": 0,
-        "num_draft_tokens_source": draft_source,
-        "decoding_path": "plain",
-    }
+    stats = RecycleStats(
+        batch_size=new_ids.shape[0],
+        mode="verify",
+        num_draft_tokens=0,
+        num_draft_tokens_source=draft_source,
+        decoding_path="plain",
+        base_forwards=new_ids.shape[1],
+        row_base_forwards=sum(tokens_per_row),
+        new_tokens=sum(tokens_per_row),
+        tokens_per_row=tokens_per_row,
+        decoding_seconds=time.perf_counter() - started,
+    )
     return RecycleGenerateOutput(**dict(output), recycle_stats=stats)
 
 
@@ -454,8 +432,9 @@ def recycle_decoding(
     use_static_path = reason is None and settings.max_new_tokens > 0
     with few_row_products(model, input_ids.device):
         if use_static_path:
-            decoder = static_decoder(model, input_ids, attention_mask, settings, generation_config._eos_token_tensor,
-                                     recycle_compile_options)
+            decoder_class = static_decoder_class(settings)
+            decoder = decoder_class(model, input_ids, attention_mask, settings, generation_config._eos_token_tensor,
+                                    recycle_compile_options)
             sequences, stats = decoder.run()
         else:
             if reason is not None and recycle_cache_implementation is None:
@@ -466,11 +445,9 @@ def recycle_decoding(
                 settings.num_draft_tokens, settings.draft_tree = draft_tree.depth, None
             loop = RecycleDecoder(model, input_ids, attention_mask, settings, recycle_drafter)
             sequences = loop.run()
-            stats = loop.stats.as_dict()
+            stats = loop.stats
     if generation_config.return_dict_in_generate:
-        stats.update(batch_size=input_ids.shape[0], mode=recycle_mode, num_draft_tokens=num_draft_tokens,
-                     num_draft_tokens_source=recycle_draft_source,
-                     decoding_path="static" if use_static_path else "reference_loop")
+        stats.num_draft_tokens, stats.num_draft_tokens_source = num_draft_tokens, recycle_draft_source
         return RecycleGenerateOutput(sequences=sequences, recycle_stats=stats)
     return sequences
 
@@ -516,7 +493,6 @@ __all__ = [
     "check_num_draft_tokens",
     "check_recycle_prompt",
     "check_token_ids",
-    "generation_lock",
     "resolve_num_draft_tokens",
     "static_path_obstacle",
     "RECYCLE_MODES",

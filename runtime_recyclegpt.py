@@ -1,0 +1,1 @@
+src/recycle_hf/checkpoint_code/runtime_recyclegpt.py
