@@ -52,9 +52,8 @@ from .tree_generation_recyclegpt import static_decoder_class
 logger = logging.get_logger(__name__)
 
 RECYCLE_MODES = (None, "alternate", "verify")
-# The best k depends on the machine, the batch size and the module (on a 2-core CPU with the shipped SmolLM2 module
-# k=3 is best at batch 1 and k=1 at batch 4; on a GPU, where a forward over 4 tokens costs about one over 1, more
-# drafts pay): "auto" measures it once per model, device and batch size (draft_length_recyclegpt.py).
+# The best shape depends on the machine, the batch size and the module (docs/BENCHMARKS.md has the measurements): so
+# "auto" measures it once per model, device and batch size (draft_length_recyclegpt.py).
 DEFAULT_NUM_DRAFT_TOKENS = "auto"
 # `generate` options that recycle modes cannot honour; each is refused with the reason, never silently ignored.
 _UNSUPPORTED_IN_RECYCLE_MODES = {
@@ -131,10 +130,10 @@ class RecycleGenerationMixin:
         With `return_dict_in_generate=True` the output is a `RecycleGenerateOutput` with `recycle_stats`, also when
         verify mode decodes plainly (k = 0, asked for or chosen by "auto").
 
-        Calls in recycle modes on one model object run one at a time (a lock held for the call: the fast path keeps
-        its caches on the model and redirects some of its layers while it decodes); other threads' plain decoding of
-        the same model is not held up and never sees the redirection. Use one model object per thread to decode in
-        parallel.
+        Calls in recycle modes on one model object run one at a time (a lock held for the call: the fast path pools
+        its caches for the model, in its `DecodingRuntime`, and redirects some of its layers while it decodes);
+        other threads' plain decoding of the same model is not held up and never sees the redirection. Use one
+        model object per thread to decode in parallel.
         """
         base_generation_config = generation_config if generation_config is not None else self.generation_config
         if recycle_mode is _UNSET:

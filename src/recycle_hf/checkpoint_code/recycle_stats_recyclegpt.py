@@ -64,20 +64,20 @@ class RecycleStats(Mapping):
         tokens_per_row = [sum(row) for row in zip(*(part.tokens_per_row for part in parts))]
         return dataclasses.replace(parts[0], tokens_per_row=tokens_per_row, **summed)
 
-    # The mapping view: the fields, then the derived rates.
-    def _names(self) -> list[str]:
-        return [item.name for item in dataclasses.fields(self)] + ["tokens_per_base_forward", "acceptance_rate"]
-
+    # The mapping view: the fields, then the derived rates (`_NAMES`, below the class).
     def __getitem__(self, name: str) -> Any:
-        if name not in self._names():
+        if name not in _NAMES:
             raise KeyError(name)
         return getattr(self, name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
+        return iter(_NAMES)
 
     def __len__(self) -> int:
-        return len(self._names())
+        return len(_NAMES)
+
+
+_NAMES = tuple(item.name for item in dataclasses.fields(RecycleStats)) + ("tokens_per_base_forward", "acceptance_rate")
 
 
 __all__ = ["RecycleStats"]
