@@ -25,7 +25,7 @@ from recycle_hf.checkpoint_code.draft_length_recyclegpt import (
     measure_acceptance_by_rank,
     timed_rounds,
 )
-from recycle_hf.checkpoint_code.draft_tree_recyclegpt import DraftTree, best_draft_tree
+from recycle_hf.checkpoint_code.draft_shape_recyclegpt import DraftShape, best_draft_tree
 from recycle_hf.checkpoint_code.few_row_products_recyclegpt import describe_machine, few_row_products
 from recycle_hf.loading import load_recycle_model
 
@@ -36,7 +36,7 @@ ROUNDS = 9
 
 def base_forward_seconds(model, input_ids, attention_mask) -> dict[int, float]:
     """Median seconds of one base forward over n new tokens (the verify forward of n - 1 drafts), per n."""
-    decoder = calibration_decoder(model, input_ids, attention_mask, DraftTree.chain(1))
+    decoder = calibration_decoder(model, input_ids, attention_mask, DraftShape.chain(1))
     state = decoder.prefill().state
     samples: dict[int, list[float]] = {n: [] for n in VERIFIED_TOKENS}
     tokens = {n: state.newest_tokens.unsqueeze(1).repeat(1, n) for n in VERIFIED_TOKENS}
@@ -57,7 +57,7 @@ def measure(model, tokenizer, batch_size: int, texts: list[str]) -> dict:
     input_ids, attention_mask = encoded.input_ids, encoded.attention_mask
     with few_row_products(model, input_ids.device):
         by_rank = measure_acceptance_by_rank(model, input_ids, attention_mask)
-    shapes = {f"chain{k}": DraftTree.chain(k) for k in range(1, 6)}
+    shapes = {f"chain{k}": DraftShape.chain(k) for k in range(1, 6)}
     for budget in TREE_NODE_BUDGETS + (24, 32):
         tree = best_draft_tree(by_rank, budget)
         if tree is not None and not tree.is_chain:
@@ -72,7 +72,8 @@ def measure(model, tokenizer, batch_size: int, texts: list[str]) -> dict:
         step = statistics.median(step_samples[name])
         # Speed over plain decoding per token, paired by round (as auto decides), with its noise interval.
         speedup = paired_ratio([seconds / expected for seconds in step_samples[name]], plain_samples).inverted()
-        rows[name] = dict(paths=tree.as_lists(), nodes=tree.num_nodes, depth=tree.depth, step_ms=step * 1e3,
+        rows[name] = dict(paths=[list(path) for path in tree.paths], nodes=tree.num_nodes, depth=tree.depth,
+                          step_ms=step * 1e3,
                           expected_tokens_per_step=expected, expected_tokens_per_second=batch_size * expected / step,
                           paired_speedup=[speedup.median, speedup.low, speedup.high])
     return dict(batch_size=batch_size, acceptance_by_rank=by_rank, plain_ms_per_token=plain_seconds * 1e3,

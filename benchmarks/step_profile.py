@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from recycle_hf.bench.prompts import encode_chat_prompts, prompt_texts
 from recycle_hf.checkpoint_code.draft_length_recyclegpt import calibration_decoder
-from recycle_hf.checkpoint_code.draft_tree_recyclegpt import DraftTree
+from recycle_hf.checkpoint_code.draft_shape_recyclegpt import DraftShape
 from recycle_hf.checkpoint_code.few_row_products_recyclegpt import describe_machine, few_row_products
 from recycle_hf.loading import load_recycle_model
 
@@ -81,7 +81,7 @@ def wall_ms(function, rounds: int = ROUNDS) -> float:
 
 @torch.no_grad()
 def profile_chain(model, batch, num_drafts: int, compiled: bool) -> dict:
-    tree = DraftTree.chain(num_drafts)
+    tree = DraftShape.chain(num_drafts)
     with few_row_products(model, batch.input_ids.device):
         decoder = calibration_decoder(model, batch.input_ids, batch.attention_mask, tree)
         output = decoder.prefill()

@@ -13,7 +13,7 @@ from recycle_hf.checkpoint_code.draft_choice_recyclegpt import (
     decide_draft_shape,
     paired_ratio,
 )
-from recycle_hf.checkpoint_code.draft_tree_recyclegpt import DraftTree
+from recycle_hf.checkpoint_code.draft_shape_recyclegpt import DraftShape
 
 from conftest import left_padded_batch, tiny_recycle_model
 
@@ -102,9 +102,9 @@ def test_contended_sequences_of_every_seed_never_choose_a_slower_shape():
 def fake_measurement(shape, decided):
     speedup = PairedRatio(1.3, 1.2, 1.4, ROUNDS) if decided else PairedRatio(1.02, 0.9, 1.1, ROUNDS)
     decision = DraftShapeDecision(shape if decided else 0, decided, speedup, "injected")
-    candidates = {1: DraftTree.chain(1)}
+    candidates = {1: DraftShape.chain(1)}
     return draft_length.DraftLengthMeasurement([[0.5]], candidates, {1: 1.5}, {1: [1.0] * ROUNDS}, [1.0] * ROUNDS,
-                                               decision, decision.shape, 0.5, 1.0)
+                                               decision, DraftShape.chain(decision.shape), 0.5, 1.0)
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_a_decided_choice_is_kept_with_what_it_was_measured_under(choice_file):
         return fake_measurement(2, decided=True)
 
     first = choices.resolve("key", 4, measure)
-    assert first.value == 2 and first.source.startswith("measured in this process")
+    assert first.value == DraftShape.chain(2) and first.source.startswith("measured in this process")
     record = json.loads(choice_file.read_text())["key"]
     assert record["choice"] == 2 and record["decided"] is True and record["batch_size"] == 4
     assert record["speedup"] == [1.3, 1.2, 1.4] and record["load"] == 0.5
@@ -130,7 +130,8 @@ def test_a_decided_choice_is_kept_with_what_it_was_measured_under(choice_file):
     assert record["measured"].endswith("Z")
     assert choices.resolve("key", 4, measure) == first
     again = draft_length.DraftLengthChoices().resolve("key", 4, measure)  # as a new process: the file remembers
-    assert again.value == 2 and again.source.startswith(f"stored in {choice_file}") and "1.30x" in again.source
+    assert again.value == DraftShape.chain(2)
+    assert again.source.startswith(f"stored in {choice_file}") and "1.30x" in again.source
     assert len(calls) == 1
 
 
@@ -142,10 +143,10 @@ def test_a_provisional_choice_is_not_final_and_is_measured_again(choice_file):
         return fake_measurement(3, decided=outcomes[-1])
 
     first = choices.resolve("key", 1, measure)
-    assert first.value == 0 and first.source.startswith("provisional")
+    assert first.value == DraftShape.chain(0) and first.source.startswith("provisional")
     assert json.loads(choice_file.read_text())["key"]["decided"] is False
     second = choices.resolve("key", 1, measure)  # the next call measures again, and now decides
-    assert second.value == 3 and len(outcomes) == 2
+    assert second.value == DraftShape.chain(3) and len(outcomes) == 2
     assert json.loads(choice_file.read_text())["key"]["decided"] is True
     assert choices.resolve("key", 1, measure) == second and len(outcomes) == 2
 
@@ -155,14 +156,14 @@ def test_a_stored_provisional_choice_is_measured_again_by_a_new_process(choice_f
     calls = []
     resolved = draft_length.DraftLengthChoices().resolve(
         "key", 1, lambda: calls.append(1) or fake_measurement(1, decided=True))
-    assert resolved.value == 1 and calls == [1]
+    assert resolved.value == DraftShape.chain(1) and calls == [1]
 
 
 def test_a_machine_that_stays_undecided_stops_paying_for_calibrations(choice_file):
     choices, calls = draft_length.DraftLengthChoices(), []
     for _ in range(draft_length.MAX_PROVISIONAL_CALIBRATIONS + 3):
         resolved = choices.resolve("key", 1, lambda: calls.append(1) or fake_measurement(1, decided=False))
-        assert resolved.value == 0
+        assert resolved.value == DraftShape.chain(0)
     assert len(calls) == draft_length.MAX_PROVISIONAL_CALIBRATIONS
 
 
@@ -170,8 +171,8 @@ def test_stored_choices_list_every_valid_entry(choice_file):
     draft_length.write_choice(choice_file, "a", 3)  # a bare shape (an older file, or written by hand): decided
     draft_length.write_choice(choice_file, "b", {"choice": [[0], [1]], "decided": False, "measured": "then"})
     stored = draft_length.stored_choices(choice_file)
-    assert stored["a"].value == 3 and stored["a"].decided
-    assert stored["b"].value == [[0], [1]] and not stored["b"].decided
+    assert stored["a"].value == DraftShape.chain(3) and stored["a"].decided
+    assert stored["b"].value == DraftShape.of([[0], [1]]) and not stored["b"].decided
 
 
 def test_a_real_calibration_records_its_rounds_and_decides_from_them(choice_file):

@@ -41,6 +41,7 @@ from recycle_hf.bench import (
     write_quality_results,
     write_speed_results,
 )
+from recycle_hf.checkpoint_code.draft_shape_recyclegpt import DraftShape
 from recycle_hf.cli import main as cli_main
 
 from conftest import tiny_base_config, tiny_recycle_model
@@ -225,7 +226,7 @@ def test_harness_reports_a_verify_output_that_differs_from_plain(monkeypatch):
 
     def generate_with_wrong_verify(*args, **kwargs):
         output = original_generate(*args, **kwargs)
-        if kwargs.get("recycle_mode") == "verify" and kwargs.get("num_draft_tokens") == 2:
+        if kwargs.get("recycle_mode") == "verify" and kwargs.get("num_draft_tokens") == DraftShape.chain(2):
             output.sequences[-1, -1] = (output.sequences[-1, -1] + 1) % 101  # a deliberately different last token
         return output
 
@@ -431,7 +432,7 @@ def test_quality_run_on_a_tiny_model_with_the_smollm2_tokenizer(smollm2_tokenize
 
     def generate_with_wrong_verify(*args, **kwargs):
         output = original_generate(*args, **kwargs)
-        if kwargs.get("recycle_mode") == "verify" and kwargs.get("num_draft_tokens") == 2:
+        if kwargs.get("recycle_mode") == "verify" and kwargs.get("num_draft_tokens") == DraftShape.chain(2):
             output.sequences[0, -1] = (output.sequences[0, -1] + 1) % len(smollm2_tokenizer)
         return output
 

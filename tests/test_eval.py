@@ -27,6 +27,7 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerFast
 
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
+from recycle_hf.checkpoint_code.draft_shape_recyclegpt import AUTO, DraftShape
 from recycle_hf.eval import (
     DATA_DIR_ENV,
     EVAL_MODES,
@@ -547,6 +548,19 @@ def test_bad_model_arguments_are_refused_with_a_hint(checkpoints):
         RecycleGPTLM(pretrained=str(checkpoints.base), device="cpu")
     with pytest.raises(ValueError, match="num_draft_tokens"):
         RecycleGPTLM(pretrained=str(checkpoints.recycle), mode="verify", num_draft_tokens=17)
+    with pytest.raises(ValueError, match="an integer from 0"):
+        RecycleGPTLM(pretrained=str(checkpoints.recycle), mode="verify", num_draft_tokens="17")
+
+
+def test_the_lm_eval_model_builds_its_draft_shape_from_text_or_value(checkpoints):
+    """lm-eval passes model arguments as text ("num_draft_tokens=2"); Python callers pass values: one `DraftShape`."""
+    def shape_of(value):
+        return RecycleGPTLM(pretrained=str(checkpoints.recycle), mode="verify", num_draft_tokens=value,
+                            device="cpu").num_draft_tokens
+
+    assert shape_of("2") == shape_of(2) == DraftShape.chain(2)
+    assert shape_of("auto") == AUTO
+    assert shape_of([[0], [1], [0, 0]]) == shape_of("[[0], [1], [0, 0]]") == DraftShape.of([[0], [1], [0, 0]])
 
 
 # ------------------------------------------------------------------------------------------------- command line

@@ -9,7 +9,7 @@ from transformers import CompileConfig, LlamaConfig, StoppingCriteria, StoppingC
 from recycle_hf import RecycleGPTConfig, RecycleGPTForCausalLM
 from recycle_hf.checkpoint_code.draft_choice_recyclegpt import decide_draft_shape
 from recycle_hf.checkpoint_code.draft_length_recyclegpt import MAX_AUTO_DRAFT_TOKENS, draft_length_choices
-from recycle_hf.checkpoint_code.draft_tree_recyclegpt import DraftTree
+from recycle_hf.checkpoint_code.draft_shape_recyclegpt import DraftShape
 from recycle_hf.checkpoint_code.runtime_recyclegpt import decoding_runtime
 from recycle_hf.checkpoint_code.static_generation_recyclegpt import SLOT_BUCKET
 
@@ -227,14 +227,14 @@ def test_no_compilation_on_the_cpu_unless_asked_for_as_transformers_is_asked():
 
 # ------------------------------------------------------------------------------------------ num_draft_tokens
 def test_expected_tokens_and_the_choice_of_k():
-    assert DraftTree.chain(2).expected_tokens([[0.5], [0.5]]) == 1.75
+    assert DraftShape.chain(2).expected_tokens([[0.5], [0.5]]) == 1.75
     costs = {1: 1.2, 2: 1.4, 3: 1.6}
     rounds = {k: [cost * (1 + 0.01 * i) for i in range(9)] for k, cost in costs.items()}
     plain_rounds = [1.0 * (1 + 0.01 * i) for i in range(9)]
 
     def choice(acceptance):
         by_depth = [[acceptance[min(depth, len(acceptance) - 1)]] for depth in range(3)]
-        expected = {k: DraftTree.chain(k).expected_tokens(by_depth) for k in costs}
+        expected = {k: DraftShape.chain(k).expected_tokens(by_depth) for k in costs}
         return decide_draft_shape(expected, rounds, plain_rounds).shape
 
     assert choice([0.0]) == 0
@@ -270,7 +270,8 @@ def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, 
     choices = draft_length_choices(model)
     (measurement,) = choices.measured.values()
     decision = decide_draft_shape(measurement.expected_tokens, measurement.step_seconds, measurement.plain_seconds)
-    assert decision == measurement.decision and measurement.choice == decision.shape
+    assert decision == measurement.decision
+    assert measurement.choice == measurement.candidates.get(decision.shape, DraftShape.chain(0))
     assert output.recycle_stats["num_draft_tokens_source"].startswith("auto, ")
     if agrees:
         assert measurement.acceptance == [1.0] * MAX_AUTO_DRAFT_TOKENS
@@ -281,12 +282,12 @@ def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, 
         # Nothing is ever accepted: a step yields one token, so only a step cheaper than a plain token (possible on
         # a tiny model, where `generate`'s own overhead dominates) may be chosen over plain decoding.
         assert measurement.acceptance == [0.0] * MAX_AUTO_DRAFT_TOKENS
-        if measurement.choice == 0:
+        if measurement.choice.num_nodes == 0:
             assert output.recycle_stats["decoding_path"] == "plain"  # k = 0: the base's own generate ran
             assert output.recycle_stats["num_draft_tokens"] == 0
         else:
             assert decision.decided and decision.speedup.low > 1
-            assert output.recycle_stats["num_draft_tokens"] == measurement.choice
+            assert output.recycle_stats["num_draft_tokens"] == measurement.choice.setting
     # Kept when decided: neither a later call in this process nor a new process (only the file remembers) measures
     # again. A provisional choice is measured again by the next call.
     model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, recycle_mode="verify")

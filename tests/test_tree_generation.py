@@ -16,7 +16,7 @@ from recycle_hf.checkpoint_code.draft_length_recyclegpt import (
     calibration_key,
     draft_length_choices,
 )
-from recycle_hf.checkpoint_code.draft_tree_recyclegpt import DraftTree, best_draft_tree, spine_tree
+from recycle_hf.checkpoint_code.draft_shape_recyclegpt import DraftShape, best_draft_tree, spine_tree
 from recycle_hf.checkpoint_code.runtime_recyclegpt import decoding_runtime
 from recycle_hf.checkpoint_code.static_generation_recyclegpt import DecodingSettings, StaticRecycleDecoder
 from recycle_hf.checkpoint_code.tree_generation_recyclegpt import StaticTreeDecoder
@@ -46,14 +46,14 @@ def test_tree_verify_equals_plain_greedy(family):
     for tree in TREES:
         output = tree_generate(model, input_ids, attention_mask, tree, max_new_tokens=12)
         assert output.recycle_stats["decoding_path"] == "static"
-        assert output.recycle_stats["num_draft_tokens"] == DraftTree.from_paths(tree).as_lists()
+        assert output.recycle_stats["num_draft_tokens"] == DraftShape.from_paths(tree).setting
         assert torch.equal(output.sequences, expected), tree
 
 
-def decoder_settings(num_draft_tokens, draft_tree=None, max_new_tokens=12):
-    return DecodingSettings(mode="verify", num_draft_tokens=num_draft_tokens, do_sample=False,
+def decoder_settings(draft_shape, max_new_tokens=12):
+    return DecodingSettings(mode="verify", draft_shape=DraftShape.of(draft_shape), do_sample=False,
                             logits_processor=LogitsProcessorList(), stopping_criteria=StoppingCriteriaList(),
-                            streamer=None, pad_token_id=PAD, max_new_tokens=max_new_tokens, draft_tree=draft_tree)
+                            streamer=None, pad_token_id=PAD, max_new_tokens=max_new_tokens)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -63,7 +63,7 @@ def test_a_chain_run_as_a_tree_is_the_chain_step_for_step(family):
     input_ids, attention_mask = left_padded_batch([7, 3, 5], seed=2)
     eos = torch.tensor([1])
     chain = StaticRecycleDecoder(model, input_ids, attention_mask, decoder_settings(3), eos)
-    tree = StaticTreeDecoder(model, input_ids, attention_mask, decoder_settings(3, DraftTree.chain(3)), eos)
+    tree = StaticTreeDecoder(model, input_ids, attention_mask, decoder_settings(DraftShape.chain(3)), eos)
     chain_sequences, chain_stats = chain.run()
     tree_sequences, tree_stats = tree.run()
     assert torch.equal(tree_sequences, chain_sequences)
@@ -203,9 +203,9 @@ def test_inductor_compiled_tree_step_equals_plain_greedy():
 # ------------------------------------------------------------------------------------------ shapes and choices
 def test_the_best_tree_for_a_budget_takes_the_nodes_of_largest_path_probability():
     by_rank = [[0.6, 0.2, 0.1], [0.5, 0.1, 0.0], [0.4, 0.0, 0.0]]
-    assert best_draft_tree(by_rank, 3).as_lists() == [[0], [1], [0, 0]]  # 0.6, 0.2, 0.3 beat 0.12 and 0.1
+    assert best_draft_tree(by_rank, 3).setting == [[0], [1], [0, 0]]  # 0.6, 0.2, 0.3 beat 0.12 and 0.1
     five = best_draft_tree(by_rank, 5)
-    assert five.as_lists() == [[0], [1], [2], [0, 0], [0, 0, 0]]  # then 0.12 ([0,0,0]) and 0.1 ([2]) over 0.1 ([1,0])
+    assert five.setting == [[0], [1], [2], [0, 0], [0, 0, 0]]  # then 0.12 ([0,0,0]) and 0.1 ([2]) over 0.1 ([1,0])
     assert five.expected_tokens(by_rank) == pytest.approx(1 + 0.6 + 0.2 + 0.1 + 0.3 + 0.12)
     assert best_draft_tree([[1.0, 0.0]] * 3, 3).is_chain  # only first choices ever accepted: the best tree is a chain
     assert best_draft_tree([[0.5, 0.0]], 2) is None  # nothing more has a chance
@@ -218,7 +218,7 @@ def test_auto_chooses_a_tree_only_where_it_is_faster_per_second():
     by_rank = [[0.5, 0.3], [0.5, 0.3]]
     tree = best_draft_tree(by_rank, 3)
     assert not tree.is_chain
-    shapes = {1: DraftTree.chain(1), 2: DraftTree.chain(2), "tree3": tree}
+    shapes = {1: DraftShape.chain(1), 2: DraftShape.chain(2), "tree3": tree}
 
     def choice(step_costs, acceptance=by_rank):
         expected = {name: shape.expected_tokens(acceptance) for name, shape in shapes.items()}
@@ -246,7 +246,7 @@ def test_auto_measures_trees_for_greedy_calls_and_chains_only_for_sampling(monke
     chains = list(range(1, 6))
     assert list(greedy_measurement.candidates) == chains  # no tree beyond the chains
     assert list(sampling_measurement.candidates) == chains
-    assert type(sampling_measurement.choice) is int
+    assert sampling_measurement.choice.is_chain
 
 
 def test_a_stored_tree_choice_is_decoded_and_an_invalid_one_measured_again(monkeypatch, tmp_path, caplog):

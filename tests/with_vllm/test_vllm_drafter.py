@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +39,20 @@ HELD_OUT = ["Explain why the sky is blue.", "Write a haiku about autumn leaves."
             "system?", "Give three tips for a job interview.", "What is the difference between a virus and a "
             "bacterium?", "Describe how a bicycle gear works.", "Why do cats purr?", "Summarise the water cycle."]
 MAX_TOKENS = 48
+TRACE_PLUGIN = Path(__file__).with_name("trace_plugin")
+
+
+def traced(draft: Path, trace: Path) -> tuple[str, dict[str, str]]:
+    """A copy of the exported `draft` folder that vLLM serves with the tracing drafter (trace_plugin/), and the
+    engine environment that finds it and traces each drafter call into `trace`."""
+    copy = draft.with_name(draft.name + "-traced")
+    shutil.copytree(draft, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["architectures"] = ["EagleTracedRecycleForCausalLM"]
+    (copy / "config.json").write_text(json.dumps(config))
+    trace.mkdir()
+    path = os.pathsep.join(filter(None, [str(TRACE_PLUGIN), os.environ.get("PYTHONPATH")]))
+    return str(copy), {"PYTHONPATH": path, "RECYCLE_HF_VLLM_TRACE": str(trace)}
 
 
 def main_env(*arguments: str) -> None:
@@ -81,16 +96,20 @@ def no_draft(shipped):
 
 @pytest.fixture(scope="module")
 def with_module(shipped):
-    """The same with the exported module drafting, k = 1 and 3; k = 3's drafter calls are traced."""
+    """The same with the exported module drafting, k = 1 and 3; k = 3 at batch 1 by the tracing drafter (the same
+    class, which also records its calls)."""
     results = {}
     for k in (1, 3):
         trace = shipped["folder"] / f"trace-k{k}"
-        trace.mkdir()
         spec = dict(model=shipped["base"], draft=shipped["draft"], num_speculative_tokens=k, max_tokens=MAX_TOKENS,
                     prompt_token_ids=shipped["prompts"], ignore_eos=True)
         marker = shipped["folder"] / f"marker-k{k}"
-        batch1 = run_in_subprocess({**spec, "sequential": True, "marker": str(marker)},
-                                   **({"RECYCLE_HF_VLLM_TRACE": str(trace)} if k == 3 else {}))
+        if k == 3:
+            draft, environment = traced(Path(shipped["draft"]), trace)
+            batch1 = run_in_subprocess({**spec, "draft": draft, "sequential": True, "marker": str(marker)},
+                                       **environment)
+        else:
+            batch1 = run_in_subprocess({**spec, "sequential": True, "marker": str(marker)})
         results[k] = {"batch1": batch1, "batch8": run_in_subprocess(spec), "trace": trace, "marker": marker}
     return results
 
@@ -122,7 +141,10 @@ def test_the_drafter_equals_recycle_module_on_what_vllm_fed_it_shipped_module(sh
              str(with_module[3]["marker"]), str(result))
     compared = json.loads(result.read_text())
     assert compared["forwards"] >= 3 * len(HELD_OUT) and compared["logit_calls"] >= compared["forwards"] // 2
-    assert compared["max_state_diff"] < 1e-4 and compared["max_logit_diff"] < 1e-4, compared
+    # fp32 rounding only: states reach |21|, and the reference's own result on the same trace varied between
+    # processes (1.9e-5 in most, 3.0e-4 once: MKL's products depend on memory alignment); a misaligned position, a
+    # wrong weight or a missing norm differs by order 1.
+    assert compared["max_state_diff"] < 1e-3 and compared["max_logit_diff"] < 1e-4, compared
 
 
 @pytest.mark.parametrize("family", ["llama3", "qwen2", "qwen3"])
@@ -133,11 +155,10 @@ def test_the_drafter_equals_recycle_module_for_each_family(family, tmp_path):
                  "--output", str(tmp_path / "draft"))
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 512) for _ in range(length)] for length in (7, 20, 13)]
-    (tmp_path / "trace").mkdir()
-    run_in_subprocess(dict(model=str(tmp_path / "base"), draft=str(tmp_path / "draft"), num_speculative_tokens=3,
+    draft, environment = traced(tmp_path / "draft", tmp_path / "trace")
+    run_in_subprocess(dict(model=str(tmp_path / "base"), draft=draft, num_speculative_tokens=3,
                            prompt_token_ids=prompts, max_tokens=12, skip_tokenizer_init=True, ignore_eos=True,
-                           sequential=True, marker=str(tmp_path / "marker"), max_model_len=256),
-                      RECYCLE_HF_VLLM_TRACE=str(tmp_path / "trace"))
+                           sequential=True, marker=str(tmp_path / "marker"), max_model_len=256), **environment)
     main_env("compare-trace", str(tmp_path / "base"), str(tmp_path / "adapter"), str(tmp_path / "trace"),
              str(tmp_path / "marker"), str(tmp_path / "compare.json"))
     compared = json.loads((tmp_path / "compare.json").read_text())

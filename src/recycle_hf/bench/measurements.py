@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint_code.draft_shape_recyclegpt import DraftShape
 from ..checkpoint_code.recycle_stats_recyclegpt import RecycleStats
 from .modes import COMPARATOR_MODES, DecodingMode
 
@@ -93,7 +94,7 @@ def summarize_measurement(measurement: ModeMeasurement, ratios: dict[str, float 
         "batch_size": measurement.batch_size,
         "mode": mode.name,
         "recycle_mode": mode.recycle_mode,
-        "num_draft_tokens": mode.generate_num_draft_tokens,
+        "num_draft_tokens": mode.num_draft_tokens_setting,
         "run_id": measurement.run_id,
         "prompts_digest": measurement.prompts_digest,
         "max_new_tokens": measurement.max_new_tokens,
@@ -153,10 +154,8 @@ def new_tokens_per_row(sequences: torch.Tensor, prompt_width: int, stats: Recycl
 
 
 def _shape_key(num_draft_tokens: Any) -> Any:
-    """A draft count as it is; a tree (a list of paths, from JSON) as a hashable tuple."""
-    if isinstance(num_draft_tokens, (list, tuple)):
-        return tuple(tuple(path) for path in num_draft_tokens)
-    return num_draft_tokens
+    """A record's draft shape (k or a tree's paths, from JSON) as its `DraftShape`; "auto" as it is."""
+    return num_draft_tokens if num_draft_tokens in ("auto", None) else DraftShape.of(num_draft_tokens)
 
 
 def project_verify_speed(results: dict[str, Any], real_model_results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import CompileConfig
 
+from ..checkpoint_code.draft_shape_recyclegpt import AUTO, DraftShape
 from ..checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
 from ..checkpoint_code.recycle_stats_recyclegpt import RecycleStats
 from .prompts import PromptBatch
@@ -30,7 +31,7 @@ class DecodingMode:
 
     name: str
     recycle_mode: str | None = None
-    num_draft_tokens: int | str | tuple | None = None  # a tree: a tuple of paths (frozen, so modes stay hashable)
+    num_draft_tokens: DraftShape | str | None = None  # a chain, a tree or "auto" (as `generate` takes it)
     comparator: bool = False
     static_compiled: bool = False
     # Recycle modes: None runs the static fast path, "dynamic" the reference loop (`cache_implementation`).
@@ -38,10 +39,10 @@ class DecodingMode:
     prompt_lookup: bool = False
 
     @property
-    def generate_num_draft_tokens(self) -> Any:
-        """`num_draft_tokens` as `generate` takes it (a tree as a list of lists, as JSON records it)."""
-        if isinstance(self.num_draft_tokens, tuple):
-            return [list(path) for path in self.num_draft_tokens]
+    def num_draft_tokens_setting(self) -> Any:
+        """`num_draft_tokens` as JSON records it: k, a tree's paths, or "auto" (None for plain modes)."""
+        if isinstance(self.num_draft_tokens, DraftShape):
+            return self.num_draft_tokens.setting
         return self.num_draft_tokens
 
     @property
@@ -49,16 +50,16 @@ class DecodingMode:
         return self.recycle_mode is not None
 
 
-def tree_mode_name(tree: Sequence[Sequence[int]], trees: Sequence[Sequence[Sequence[int]]]) -> str:
+def tree_mode_name(tree: DraftShape, trees: Sequence[DraftShape]) -> str:
     """`verify_treeN` for a tree of N nodes (`verify_treeN_i` where several given trees have N nodes)."""
-    same_size = [other for other in trees if len(other) == len(tree)]
+    same_size = [other for other in trees if other.num_nodes == tree.num_nodes]
     suffix = f"_{same_size.index(tree) + 1}" if len(same_size) > 1 else ""
-    return f"verify_tree{len(tree)}{suffix}"
+    return f"verify_tree{tree.num_nodes}{suffix}"
 
 
 def decoding_modes(
-    num_draft_tokens: Sequence[int] = DEFAULT_NUM_DRAFT_TOKENS_SWEEP, static_compiled: bool = True,
-    draft_trees: Sequence[Sequence[Sequence[int]]] = (),
+    num_draft_tokens: Sequence[int | DraftShape] = DEFAULT_NUM_DRAFT_TOKENS_SWEEP, static_compiled: bool = True,
+    draft_trees: Sequence[Sequence[Sequence[int]] | DraftShape] = (),
 ) -> list[DecodingMode]:
     """The modes of a speed run, comparators first: transformers' `generate`, its static-cache compiled path and its
     prompt-lookup decoding; our `recycle_mode=None`; `alternate` and `verify` (each draft count, each draft tree
@@ -69,11 +70,12 @@ def decoding_modes(
         modes.append(DecodingMode("hf_static_compiled", comparator=True, static_compiled=True))
     modes.append(DecodingMode("hf_prompt_lookup", comparator=True, prompt_lookup=True))
     modes.append(DecodingMode("recycle_none"))
-    recycle = [("alternate", "alternate", 1)]
-    recycle += [(f"verify_k{k}", "verify", k) for k in num_draft_tokens]
-    recycle += [(tree_mode_name(tree, draft_trees), "verify", tuple(tuple(path) for path in tree))
-                for tree in draft_trees]
-    recycle += [("verify_auto", "verify", "auto")]
+    chains = [DraftShape.of(k) for k in num_draft_tokens]
+    trees = [DraftShape.of(tree) for tree in draft_trees]
+    recycle: list[tuple[str, str, DraftShape | str]] = [("alternate", "alternate", DraftShape.chain(1))]
+    recycle += [(f"verify_k{k.num_nodes}", "verify", k) for k in chains]
+    recycle += [(tree_mode_name(tree, trees), "verify", tree) for tree in trees]
+    recycle += [("verify_auto", "verify", AUTO)]
     for name, recycle_mode, num_draft_tokens in recycle:
         modes.append(DecodingMode(name, recycle_mode=recycle_mode, num_draft_tokens=num_draft_tokens))
     for name, recycle_mode, num_draft_tokens in recycle:
@@ -144,7 +146,7 @@ def generate_once(
         generate = model.generate
         kwargs["recycle_mode"] = mode.recycle_mode
         if mode.uses_recycle_loop:
-            kwargs.update(num_draft_tokens=mode.generate_num_draft_tokens, return_dict_in_generate=True)
+            kwargs.update(num_draft_tokens=mode.num_draft_tokens, return_dict_in_generate=True)
             if mode.cache_implementation is not None:
                 kwargs["cache_implementation"] = mode.cache_implementation
     torch.manual_seed(seed)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checkpoint_code.draft_length_recyclegpt import check_fixed_draft_counts
+from ..checkpoint_code.draft_length_recyclegpt import fixed_draft_shapes
+from ..checkpoint_code.draft_shape_recyclegpt import DraftShape
 from ..checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
 from ..checkpoint_code.recycle_stats_recyclegpt import RecycleStats
 from ..distill import continuation_lengths
@@ -104,7 +105,7 @@ DEFAULT_QUALITY_NUM_DRAFT_TOKENS = (3,)
 class QualitySettings:
     max_new_tokens: int = 128
     batch_size: int = 8
-    num_draft_tokens: tuple[int, ...] = DEFAULT_QUALITY_NUM_DRAFT_TOKENS
+    num_draft_tokens: tuple[int | DraftShape, ...] = DEFAULT_QUALITY_NUM_DRAFT_TOKENS  # built by `validate`
     sample_continuations: bool = False
     seed: int = 0
 
@@ -112,7 +113,12 @@ class QualitySettings:
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        check_fixed_draft_counts(self.num_draft_tokens)
+        self.num_draft_tokens = fixed_draft_shapes(self.num_draft_tokens)
+
+    def record(self) -> dict[str, Any]:
+        """The settings as JSON keeps them (each draft shape as its `setting`)."""
+        shapes = [DraftShape.of(k).setting for k in self.num_draft_tokens]
+        return {**dataclasses.asdict(self), "num_draft_tokens": shapes}
 
 
 def run_quality_benchmark(
@@ -127,7 +133,7 @@ def run_quality_benchmark(
     eos_token_ids = eos_token_ids_of(model)
     pad_id = pad_token_id(tokenizer)
     totals = QualityTotals()
-    verify_stats: dict[int, list[RecycleStats]] = {k: [] for k in settings.num_draft_tokens}
+    verify_stats: dict[DraftShape, list[RecycleStats]] = {k: [] for k in settings.num_draft_tokens}
     mismatched_prompts = {k: [] for k in settings.num_draft_tokens}
     batches = [prompts[start : start + settings.batch_size] for start in range(0, len(prompts), settings.batch_size)]
     for batch_index, batch_prompts in enumerate(tqdm(batches, desc="quality", unit="batch")):
@@ -165,7 +171,7 @@ def run_quality_benchmark(
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "environment": environment_info(model.device),
         "model": bench_model.description,
-        "settings": {**dataclasses.asdict(settings), "prompts": prompts_source, "num_prompts": len(prompts)},
+        "settings": {**settings.record(), "prompts": prompts_source, "num_prompts": len(prompts)},
         "scored_positions": totals.positions,
         "module_top1_agreement_with_base": totals.module_agrees_with_base / max(1, totals.positions),
         "module_top1_matches_text": totals.module_matches_text / max(1, totals.positions),

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint_code.draft_length_recyclegpt import check_fixed_draft_counts, check_num_draft_tokens
-from ..checkpoint_code.draft_tree_recyclegpt import is_tree_spec
+from ..checkpoint_code.draft_length_recyclegpt import fixed_draft_shapes
+from ..checkpoint_code.draft_shape_recyclegpt import DraftShape
 from .checks import compare_outputs, merged_checks
 from .environment import environment_info
 from .measurements import (
@@ -58,8 +58,8 @@ class SpeedSettings:
     """What a speed run measures. `static_compile=None` means: on CUDA only (compiling on the CPU is slow)."""
 
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-    num_draft_tokens: tuple[int, ...] = DEFAULT_NUM_DRAFT_TOKENS_SWEEP
-    # Draft trees measured as modes `verify_treeN` (each a list of paths, as `generate` takes it).
+    num_draft_tokens: tuple[int | DraftShape, ...] = DEFAULT_NUM_DRAFT_TOKENS_SWEEP  # built by `validate`
+    # Draft trees measured as modes `verify_treeN` (each a list of paths, as `generate` takes it, or a shape).
     draft_trees: tuple[Any, ...] = ()
     mode_names: tuple[str, ...] | None = None
     max_new_tokens: int = 64
@@ -83,11 +83,17 @@ class SpeedSettings:
             raise ValueError(f"warmup must be 0 or more, got {self.warmup}.")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch sizes must be positive integers, got {self.batch_sizes}.")
-        check_fixed_draft_counts(self.num_draft_tokens)
+        self.num_draft_tokens = fixed_draft_shapes(self.num_draft_tokens)
         for tree in self.draft_trees:
-            if not is_tree_spec(tree):
+            if not isinstance(tree, (list, tuple, DraftShape)):
                 raise ValueError(f"draft trees must be lists of paths such as [[0], [1], [0, 0]], got {tree!r}.")
-            check_num_draft_tokens(tree)
+        self.draft_trees = tuple(DraftShape.of(tree) for tree in self.draft_trees)
+
+    def record(self) -> dict[str, Any]:
+        """The settings as JSON keeps them (each draft shape as its `setting`)."""
+        shapes = [DraftShape.of(k).setting for k in self.num_draft_tokens]
+        return {**dataclasses.asdict(self), "num_draft_tokens": shapes,
+                "draft_trees": [DraftShape.of(tree).setting for tree in self.draft_trees]}
 
     def resolved_warmup(self, device: torch.device) -> int:
         # Compiled CUDA graphs are recorded over the first calls: accelerators need more warm-up than the CPU.
@@ -156,7 +162,7 @@ class SpeedBenchmark:
             "environment": environment,
             "model": self.bench_model.description,
             "settings": {
-                **dataclasses.asdict(self.settings),
+                **self.settings.record(),
                 "warmup": self.warmup,
                 "static_compile": self.settings.resolved_static_compile(self.device),
                 "modes": [mode.name for mode in self.modes],

@@ -6,7 +6,7 @@ A verify step with k drafts yields E(k) = 1 + a_1 + a_1 a_2 + ... + a_1...a_k to
 chance that draft i is accepted once drafts 1..i-1 were. A tree generalises this: with p[d][r] the chance that the
 base's token at depth d is the module's rank-r candidate, E(tree) = 1 + the sum over its nodes of the product of p
 along the node's path (a chain's a_d is p[d][0]); the best tree for each node budget is built from the measured p
-(`draft_tree_recyclegpt.best_draft_tree`).
+(`draft_shape_recyclegpt.best_draft_tree`).
 
 What is measured, on this call's own model, prompts and batch shape:
 - the acceptance by depth and rank, counted over greedy steps of a spine tree (`CALIBRATION_RANKS` candidates at
@@ -47,7 +47,7 @@ from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteria
 from transformers.utils import logging
 
 from .draft_choice_recyclegpt import DraftShapeDecision, decide_draft_shape
-from .draft_tree_recyclegpt import DraftTree, best_draft_tree, check_tree_paths, is_tree_spec, spine_tree
+from .draft_shape_recyclegpt import AUTO, DraftShape, best_draft_tree, draft_request, spine_tree
 from .few_row_products_recyclegpt import describe_machine, few_row_products
 from .publishing_recyclegpt import locked_file, write_json_file
 from .runtime_recyclegpt import decoding_runtime
@@ -57,8 +57,6 @@ from .tree_generation_recyclegpt import static_decoder_class
 
 logger = logging.get_logger(__name__)
 
-# More drafts than this never pay: acceptance falls with depth, and every draft costs a module forward.
-MAX_NUM_DRAFT_TOKENS = 16
 MAX_AUTO_DRAFT_TOKENS = 5
 TIMED_ROUNDS = 9
 # Spine-tree steps whose accepted paths measure the acceptance by depth and rank, and the weight of the prior that
@@ -81,30 +79,14 @@ TREE_NODE_BUDGETS = (2, 3, 4, 6, 8, 12, 16)
 MAX_PROVISIONAL_CALIBRATIONS = 3
 
 
-def check_num_draft_tokens(num_draft_tokens: Any) -> None:
-    """The one check of a draft count, wherever it is given (`generate`, the CLI, lm-eval's model, the benchmarks,
-    the file of `auto`'s choices): "auto", an integer from 0 (plain decoding) to `MAX_NUM_DRAFT_TOKENS` (not a
-    bool), or a draft tree as a list of paths (`draft_tree_recyclegpt.py`); else a `ValueError` that says so."""
-    if num_draft_tokens == "auto" and isinstance(num_draft_tokens, str):
-        return
-    if is_tree_spec(num_draft_tokens):
-        check_tree_paths(num_draft_tokens)
-        return
-    if type(num_draft_tokens) is not int or not 0 <= num_draft_tokens <= MAX_NUM_DRAFT_TOKENS:
-        raise ValueError(
-            f"num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to {MAX_NUM_DRAFT_TOKENS} (or a "
-            f"draft tree such as [[0], [1], [0, 0]]), got {num_draft_tokens!r}."
-        )
-
-
-def check_fixed_draft_counts(values: Sequence[Any]) -> None:
-    """The benchmarks' rule for a list of draft counts: at least one, each checked as `generate` checks one, and no
-    "auto" (the benchmarks measure it as a mode of its own)."""
-    if not values or any(isinstance(value, str) for value in values):
+def fixed_draft_shapes(values: Sequence[Any]) -> tuple[DraftShape, ...]:
+    """The benchmarks' rule for a list of draft shapes: at least one, each built as `generate` builds one
+    (`draft_request`), and no "auto" (the benchmarks measure it as a mode of its own)."""
+    requests = tuple(draft_request(value) for value in values)
+    if not requests or AUTO in requests:
         raise ValueError(f"num_draft_tokens must be integers such as 1,2,3 (auto is a mode of its own), got "
-                         f"{list(values)}.")
-    for value in values:
-        check_num_draft_tokens(value)
+                         f"{[str(value) for value in values]}.")
+    return requests
 
 
 def acceptance_by_rank(
@@ -177,10 +159,11 @@ def _read_choices(path: Path) -> tuple[dict[str, Any], str | None]:
 
 @dataclass(frozen=True)
 class StoredChoice:
-    """One entry of the file: the shape (0, a chain's k, or a tree's paths), whether timings decided it (else it is
-    a provisional fallback, measured again), and what it was measured under (`record`: speed-up, load, CPU, ...)."""
+    """One entry of the file: the shape (stored as its `setting`: 0, a chain's k, or a tree's paths), whether timings
+    decided it (else it is a provisional fallback, measured again), and what it was measured under (`record`:
+    speed-up, load, CPU, ...)."""
 
-    value: int | list[list[int]]
+    value: DraftShape
     decided: bool
     record: dict[str, Any]
 
@@ -197,13 +180,12 @@ def _is_interval(value: Any) -> bool:
 
 def _parsed_entry(entry: Any) -> StoredChoice:
     """An entry as a `StoredChoice`: a record ({"choice": ..., "decided": ..., ...}) or a bare shape (decided); its
-    shape passes the check a user's `num_draft_tokens` passes, and is a number or a tree, not "auto"."""
+    shape is built as a user's `num_draft_tokens` is, and is a number or a tree, not "auto"."""
     record = entry if isinstance(entry, dict) else {"choice": entry}
     value = record.get("choice")
-    check_num_draft_tokens(value)
-    if value == "auto":
+    if value == AUTO:
         raise ValueError("a stored choice must be a number or a tree, got 'auto'")
-    return StoredChoice(value, record.get("decided", True) is True, record)
+    return StoredChoice(DraftShape.of(value), record.get("decided", True) is True, record)
 
 
 def _is_valid_entry(entry: Any) -> bool:
@@ -257,12 +239,12 @@ class DraftLengthMeasurement:
     """One calibration: what was measured and what it decided."""
 
     acceptance_by_rank: list[list[float]]
-    candidates: dict[Any, DraftTree]  # by name: k for chains, "treeN" for trees; simplest first
+    candidates: dict[Any, DraftShape]  # by name: k for chains, "treeN" for trees; simplest first
     expected_tokens: dict[Any, float]
     step_seconds: dict[Any, list[float]]  # by candidate, one sample per round
     plain_seconds: list[float]  # plain decoding's seconds per token, one per round
     decision: DraftShapeDecision
-    choice: int | list[list[int]]  # what decodes: 0, a chain's k, or the chosen tree's paths
+    choice: DraftShape  # what decodes: no drafts (plain decoding), a chain or the chosen tree
     load: float | None  # the 1-minute load average when it ended (None where the OS has none)
     seconds: float  # how long the calibration took
 
@@ -275,7 +257,7 @@ class DraftLengthMeasurement:
         """The file's entry: the choice with what it was measured under."""
         speedup = self.decision.speedup
         return {
-            "choice": self.choice,
+            "choice": self.choice.setting,
             "decided": self.decision.decided,
             "reason": self.decision.reason,
             "speedup": [round(speedup.median, 4), round(speedup.low, 4), round(min(speedup.high, 1e6), 4)],
@@ -296,10 +278,10 @@ def _load_average() -> float | None:
         return None
 
 
-def candidate_shapes(acceptance: Sequence[Sequence[float]], trees: bool = True) -> dict[Any, DraftTree]:
+def candidate_shapes(acceptance: Sequence[Sequence[float]], trees: bool = True) -> dict[Any, DraftShape]:
     """The shapes auto times, simplest first: chains k = 1..MAX_AUTO_DRAFT_TOKENS, then (with `trees`) the best
     tree for each node budget of `TREE_NODE_BUDGETS` that is not a chain and not already listed."""
-    candidates: dict[Any, DraftTree] = {k: DraftTree.chain(k) for k in range(1, MAX_AUTO_DRAFT_TOKENS + 1)}
+    candidates: dict[Any, DraftShape] = {k: DraftShape.chain(k) for k in range(1, MAX_AUTO_DRAFT_TOKENS + 1)}
     for budget in TREE_NODE_BUDGETS if trees else ():
         tree = best_draft_tree(acceptance, budget)
         if tree is not None and not tree.is_chain and tree not in candidates.values():
@@ -328,7 +310,7 @@ def measure_draft_length(
     expected = {name: tree.expected_tokens(by_rank) for name, tree in candidates.items()}
     decision = decide_draft_shape(expected, step_seconds, plain_seconds)
     shape = decision.shape
-    choice = candidates[shape].as_lists() if shape in candidates and not candidates[shape].is_chain else shape
+    choice = candidates[shape] if shape in candidates else DraftShape.chain(0)  # 0: plain decoding
     measurement = DraftLengthMeasurement(by_rank, candidates, expected, step_seconds, plain_seconds, decision, choice,
                                          _load_average(), time.perf_counter() - started)
     logger.info(
@@ -361,7 +343,7 @@ def timed_rounds(
     model: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    shapes: dict[Any, DraftTree],
+    shapes: dict[Any, DraftShape],
     after_round: Callable[[], Any] = lambda: None,
     rounds: int = TIMED_ROUNDS,
 ) -> tuple[dict[Any, list[float]], list[float]]:
@@ -394,21 +376,20 @@ def timed_rounds(
 
 
 def calibration_decoder(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tree: DraftTree
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tree: DraftShape
 ) -> StaticRecycleDecoder:
     """A greedy decoder of `tree` on this batch. Every calibration decoder has the same slot count (sized for the
     largest shape), so that they all share one pair of caches."""
     largest = max(MAX_AUTO_DRAFT_TOKENS * CALIBRATION_RANKS, max(TREE_NODE_BUDGETS))
     settings = DecodingSettings(
         mode="verify",
-        num_draft_tokens=tree.num_nodes,
+        draft_shape=tree,
         do_sample=False,
         logits_processor=LogitsProcessorList(),
         stopping_criteria=StoppingCriteriaList(),
         streamer=None,
         pad_token_id=0,
         max_new_tokens=CALIBRATION_TOKENS + largest - tree.num_nodes,
-        draft_tree=None if tree.is_chain else tree,
     )
     return static_decoder_class(settings)(model, input_ids, attention_mask, settings, eos_token_ids=None)
 
@@ -443,7 +424,7 @@ def plain_token_gaps(model: Any, input_ids: torch.Tensor, attention_mask: torch.
 class ResolvedChoice:
     """The shape a call decodes with, and where it came from (for the log, `recycle_stats` and `--compare`)."""
 
-    value: int | list[list[int]]
+    value: DraftShape
     source: str
 
 
@@ -499,7 +480,6 @@ def draft_length_choices(model: Any) -> DraftLengthChoices:
 __all__ = [
     "CALIBRATION_METHOD",
     "MAX_AUTO_DRAFT_TOKENS",
-    "MAX_NUM_DRAFT_TOKENS",
     "DraftLengthChoices",
     "DraftLengthMeasurement",
     "ResolvedChoice",
@@ -509,8 +489,7 @@ __all__ = [
     "calibration_file",
     "calibration_key",
     "candidate_shapes",
-    "check_fixed_draft_counts",
-    "check_num_draft_tokens",
+    "fixed_draft_shapes",
     "draft_length_choices",
     "measure_acceptance_by_rank",
     "measure_draft_length",

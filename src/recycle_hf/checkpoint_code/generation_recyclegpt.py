@@ -32,15 +32,8 @@ from transformers.generation import EosTokenCriteria, LogitsProcessorList, MaxLe
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.utils import logging
 
-from .draft_length_recyclegpt import (
-    MAX_NUM_DRAFT_TOKENS,
-    ResolvedChoice,
-    calibration_key,
-    check_num_draft_tokens,
-    draft_length_choices,
-    measure_draft_length,
-)
-from .draft_tree_recyclegpt import check_tree_decoding, is_tree_spec, split_draft_setting
+from .draft_length_recyclegpt import ResolvedChoice, calibration_key, draft_length_choices, measure_draft_length
+from .draft_shape_recyclegpt import AUTO, MAX_NUM_DRAFT_TOKENS, DraftShape, check_tree_decoding, draft_request
 from .few_row_products_recyclegpt import few_row_products
 from .recycle_stats_recyclegpt import RecycleStats
 from .reference_loop_recyclegpt import CONTEXT_FREE_PROCESSORS, RecycleDecoder, RecycleDrafter
@@ -54,7 +47,7 @@ logger = logging.get_logger(__name__)
 RECYCLE_MODES = (None, "alternate", "verify")
 # The best shape depends on the machine, the batch size and the module (docs/BENCHMARKS.md has the measurements): so
 # "auto" measures it once per model, device and batch size (draft_length_recyclegpt.py).
-DEFAULT_NUM_DRAFT_TOKENS = "auto"
+DEFAULT_NUM_DRAFT_TOKENS = AUTO
 # `generate` options that recycle modes cannot honour; each is refused with the reason, never silently ignored.
 _UNSUPPORTED_IN_RECYCLE_MODES = {
     "num_beams": "beam search",
@@ -96,7 +89,7 @@ class RecycleGenerationMixin:
         inputs: torch.Tensor | None = None,
         generation_config: GenerationConfig | None = None,
         recycle_mode: Any = _UNSET,
-        num_draft_tokens: int | str | None = None,
+        num_draft_tokens: int | str | list[list[int]] | DraftShape | None = None,
         recycle_compile: bool | None = None,
         recycle_drafter: RecycleDrafter | None = None,
         streamer: Any = None,
@@ -109,11 +102,12 @@ class RecycleGenerationMixin:
             recycle_mode (`str` or `None`): `None`/"none" (plain decoding, exactly the base model's own `generate`),
                 "alternate" (the paper's schedule: module and base take turns) or "verify" (lossless: the module
                 drafts, the base checks).
-            num_draft_tokens (`int`, "auto" or a draft tree): drafts per base forward in "verify" mode, 0 to
-                `MAX_NUM_DRAFT_TOKENS` (a chain), 0 meaning plain decoding; or a tree of drafts as a list of paths
-                of candidate ranks, e.g. `[[0], [1], [0, 0]]` (`draft_tree_recyclegpt.py`: greedy decoding only,
-                all its nodes checked in one base forward); "auto" (default) measures the fastest chain or tree for
-                this model, device and batch size once (it may choose 0; sampling calls choose among chains).
+            num_draft_tokens (`int`, "auto", a draft tree or a `DraftShape`): drafts per base forward in "verify"
+                mode, 0 to `MAX_NUM_DRAFT_TOKENS` (a chain), 0 meaning plain decoding; or a tree of drafts as a list
+                of paths of candidate ranks, e.g. `[[0], [1], [0, 0]]` (`draft_shape_recyclegpt.py`: greedy
+                decoding only, all its nodes checked in one base forward); "auto" (default) measures the fastest
+                chain or tree for this model, device and batch size once (it may choose 0; sampling calls choose
+                among chains). Built once into a `DraftShape`, the one value settings and the step carry.
                 Alternate mode drafts one token per base forward: it takes "auto" or 1 and refuses other values (a
                 value from a generation config is verify mode's).
             recycle_compile (`bool`, *optional*): compile the fast path's step. By default it is compiled as
@@ -139,15 +133,15 @@ class RecycleGenerationMixin:
         if recycle_mode is _UNSET:
             recycle_mode = getattr(base_generation_config, "recycle_mode", None)
         mode = resolve_recycle_mode(recycle_mode)
-        num_draft_tokens = resolve_num_draft_tokens(mode, num_draft_tokens, base_generation_config)
-        check_drafter(recycle_drafter, mode, num_draft_tokens)
+        draft_shape = resolve_num_draft_tokens(mode, num_draft_tokens, base_generation_config)
+        check_drafter(recycle_drafter, mode, draft_shape)
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
         check_token_ids(input_ids, self.get_input_embeddings().weight.shape[0])
 
         # Merge the call's generation arguments here, so that `generate` below sees one complete config.
         generation_config = _without_recycle_settings(base_generation_config)
         kwargs = generation_config.update(**kwargs)
-        if mode == "verify" and is_tree_spec(num_draft_tokens):
+        if mode == "verify" and draft_shape != AUTO and not draft_shape.is_chain:
             check_tree_decoding(mode, bool(generation_config.do_sample))
         if mode is None:
             return self.base_lm.generate(inputs, generation_config=generation_config, streamer=streamer, **kwargs)
@@ -162,14 +156,13 @@ class RecycleGenerationMixin:
         check_recycle_prompt(self, input_ids, kwargs.get("attention_mask"), generation_config)
         with decoding_runtime(self).lock:  # recycle-mode calls on one model run one at a time
             draft_source = "given"
-            if num_draft_tokens == "auto":
+            if draft_shape == AUTO:
                 resolved = self.auto_draft_length(input_ids, kwargs.get("attention_mask"), generation_config)
-                num_draft_tokens, draft_source = resolved.value, f"auto, {resolved.source}"
-            num_draft_tokens = _canonical_draft_setting(num_draft_tokens)
-            if num_draft_tokens == 0:
+                draft_shape, draft_source = resolved.value, f"auto, {resolved.source}"
+            if draft_shape.num_nodes == 0:
                 logger.info("num_draft_tokens=0: verify mode decodes plainly (the base's own generate).")
                 return plain_verify_decoding(self, inputs, generation_config, streamer, kwargs, draft_source)
-            return self._recycle_generate(inputs, generation_config, mode, num_draft_tokens, recycle_compile,
+            return self._recycle_generate(inputs, generation_config, mode, draft_shape, recycle_compile,
                                           recycle_drafter, streamer, kwargs, draft_source)
 
     def _recycle_generate(
@@ -177,7 +170,7 @@ class RecycleGenerationMixin:
         inputs: torch.Tensor | None,
         generation_config: GenerationConfig,
         mode: str,
-        num_draft_tokens: int,
+        draft_shape: DraftShape,
         recycle_compile: bool | None,
         recycle_drafter: RecycleDrafter | None,
         streamer: Any,
@@ -201,7 +194,7 @@ class RecycleGenerationMixin:
         decoding = functools.partial(
             recycle_decoding,
             recycle_mode=mode,
-            num_draft_tokens=num_draft_tokens,
+            recycle_draft_shape=draft_shape,
             recycle_streamer=streamer,
             recycle_drafter=recycle_drafter,
             recycle_cache_implementation=cache_implementation,
@@ -231,42 +224,39 @@ class RecycleGenerationMixin:
         )
 
 
-def _canonical_draft_setting(num_draft_tokens: Any) -> Any:
-    """A tree that is a chain becomes its count, so that it decodes (and reports) as the chain it is."""
-    count, tree = split_draft_setting(num_draft_tokens)
-    return tree.as_lists() if tree is not None else count
-
-
-def resolve_num_draft_tokens(mode: str | None, num_draft_tokens: Any, generation_config: GenerationConfig) -> Any:
-    """The draft count a call decodes with: the argument, else the generation config's, else "auto"; checked by
-    `check_num_draft_tokens`. Alternate mode drafts one token per base forward: 1."""
+def resolve_num_draft_tokens(
+    mode: str | None, num_draft_tokens: Any, generation_config: GenerationConfig
+) -> DraftShape | str:
+    """The draft shape a call decodes with (a `DraftShape`, or `AUTO` to measure one): the argument, else the
+    generation config's, else "auto"; built and checked once, here (`draft_request`). Alternate mode drafts one
+    token per base forward: a chain of 1."""
     explicit = num_draft_tokens is not None
     if not explicit:
         num_draft_tokens = getattr(generation_config, "num_draft_tokens", None)
         num_draft_tokens = DEFAULT_NUM_DRAFT_TOKENS if num_draft_tokens is None else num_draft_tokens
-    check_num_draft_tokens(num_draft_tokens)
+    request = draft_request(num_draft_tokens)
     if mode != "alternate":
-        return num_draft_tokens
-    if explicit and num_draft_tokens not in ("auto", 1):
+        return request
+    if explicit and request not in (AUTO, DraftShape.chain(1)):
         raise ValueError(
             f"num_draft_tokens={num_draft_tokens!r} does not apply to recycle_mode='alternate', which drafts one "
             "token per base forward: drop it, or use recycle_mode='verify'."
         )
-    return 1
+    return DraftShape.chain(1)
 
 
-def check_drafter(drafter: Any, mode: str | None, num_draft_tokens: int | str) -> None:
+def check_drafter(drafter: Any, mode: str | None, draft_shape: DraftShape | str) -> None:
     """A custom drafter needs a recycle mode, in verify mode a fixed draft count of at least 1, and both of
     `RecycleDrafter`'s methods."""
     if drafter is None:
         return
     if mode is None:
         raise ValueError("recycle_drafter drafts for recycle modes only: pass recycle_mode='verify' or 'alternate'.")
-    if num_draft_tokens == "auto":
+    if draft_shape == AUTO:
         raise ValueError("num_draft_tokens='auto' measures the module, not a custom drafter: pass an integer.")
-    if is_tree_spec(num_draft_tokens):
+    if not draft_shape.is_chain:
         raise ValueError("A recycle_drafter drafts chains: pass an integer num_draft_tokens, not a tree.")
-    if num_draft_tokens == 0:
+    if draft_shape.num_nodes == 0:
         raise ValueError("num_draft_tokens=0 decodes without drafts: a recycle_drafter needs at least 1.")
     if not all(callable(getattr(drafter, name, None)) for name in ("draft", "update")):
         raise ValueError(f"recycle_drafter must have draft(decoder, num_draft_tokens) and update(decoder, "
@@ -397,7 +387,7 @@ def recycle_decoding(
     stopping_criteria: StoppingCriteriaList,
     generation_config: GenerationConfig,
     recycle_mode: str = "alternate",
-    num_draft_tokens: int = 1,
+    recycle_draft_shape: DraftShape = DraftShape.chain(1),
     recycle_streamer: Any = None,
     recycle_drafter: RecycleDrafter | None = None,
     recycle_cache_implementation: str | None = None,
@@ -408,17 +398,15 @@ def recycle_decoding(
     """The decoding loop `generate` calls (as its `custom_generate`) after its usual preparation: the static fast
     path where the call allows it, else the reference loop (`RecycleDecoder`)."""
     pad_token_id = generation_config._pad_token_tensor
-    draft_count, draft_tree = split_draft_setting(num_draft_tokens)
     settings = DecodingSettings(
         mode=recycle_mode,
-        num_draft_tokens=draft_count,
+        draft_shape=recycle_draft_shape,
         do_sample=bool(generation_config.do_sample),
         logits_processor=logits_processor,
         stopping_criteria=stopping_criteria,
         streamer=recycle_streamer,
         pad_token_id=int(pad_token_id) if pad_token_id is not None else 0,
         max_new_tokens=generation_config.max_length - input_ids.shape[1],
-        draft_tree=draft_tree,
     )
     attention_mask = model_kwargs.get("attention_mask")
     reason = None if recycle_cache_implementation != "dynamic" else "cache_implementation='dynamic' was asked for"
@@ -438,15 +426,16 @@ def recycle_decoding(
         else:
             if reason is not None and recycle_cache_implementation is None:
                 _log_reference_loop_once(reason)
-            if draft_tree is not None:
+            if not settings.draft_shape.is_chain:
                 # The reference loop drafts chains; verify mode is lossless with either, only the speed differs.
-                _log_reference_loop_once(f"it drafts a chain of the tree's depth, {draft_tree.depth}")
-                settings.num_draft_tokens, settings.draft_tree = draft_tree.depth, None
+                depth = settings.draft_shape.depth
+                _log_reference_loop_once(f"it drafts a chain of the tree's depth, {depth}")
+                settings.draft_shape = DraftShape.chain(depth)
             loop = RecycleDecoder(model, input_ids, attention_mask, settings, recycle_drafter)
             sequences = loop.run()
             stats = loop.stats
     if generation_config.return_dict_in_generate:
-        stats.num_draft_tokens, stats.num_draft_tokens_source = num_draft_tokens, recycle_draft_source
+        stats.num_draft_tokens, stats.num_draft_tokens_source = recycle_draft_shape.setting, recycle_draft_source
         return RecycleGenerateOutput(sequences=sequences, recycle_stats=stats)
     return sequences
 
@@ -489,7 +478,6 @@ __all__ = [
     "DEFAULT_NUM_DRAFT_TOKENS",
     "MAX_NUM_DRAFT_TOKENS",
     "check_drafter",
-    "check_num_draft_tokens",
     "check_recycle_prompt",
     "check_token_ids",
     "resolve_num_draft_tokens",

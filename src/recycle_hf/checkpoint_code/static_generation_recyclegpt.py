@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from .attention_recyclegpt import grouped_query_sdpa
+from .draft_shape_recyclegpt import DraftShape
 from .few_row_products_recyclegpt import project_rows, swapped_row_counts
 from .masks_recyclegpt import row_attention_mask
 from .recycle_stats_recyclegpt import RecycleStats
@@ -50,15 +51,23 @@ class DecodingSettings:
     """What one `generate` call asks of recycle decoding (shared by the fast path and the reference loop)."""
 
     mode: str
-    num_draft_tokens: int
+    draft_shape: DraftShape  # verify mode's chain or tree (greedy only); alternate mode's chain of 1
     do_sample: bool
     logits_processor: Any
     stopping_criteria: Any
     streamer: Any
     pad_token_id: int
     max_new_tokens: int
-    # Greedy verify mode's draft tree (`DraftTree`), when it is not a chain; `num_draft_tokens` is then its node count.
-    draft_tree: Any = None
+
+    @property
+    def num_draft_tokens(self) -> int:
+        """Drafts per step: a chain's k, a tree's node count (one slot per node)."""
+        return self.draft_shape.num_nodes
+
+    @property
+    def draft_tree(self) -> DraftShape | None:
+        """The shape when the tree step must decode it (it is not a chain), else None."""
+        return None if self.draft_shape.is_chain else self.draft_shape
 
 
 @dataclass

@@ -1,7 +1,7 @@
 # Copyright 2026 The recycle-hf team. Licensed under the Apache License, Version 2.0.
 """Tree verify on the fast path: the module drafts a tree of candidates, one base forward checks every node.
 
-A step of `StaticTreeDecoder` (greedy verify only; the tree's form and tables: `draft_tree_recyclegpt.py`):
+A step of `StaticTreeDecoder` (greedy verify only; the tree's form and tables: `draft_shape_recyclegpt.py`):
 
 1. Draft, level by level: the top-r candidates of each expanding node's module state become its children; the
    expanding nodes of a level then run one module forward (each pair: its parent's module state and its own token)
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .draft_tree_recyclegpt import DraftTree, check_tree_decoding
+from .draft_shape_recyclegpt import DraftShape, check_tree_decoding
 from .masks_recyclegpt import tree_attention_mask
 from .static_generation_recyclegpt import StaticDecodingState, StaticRecycleDecoder, StaticStepOutput
 
@@ -47,7 +47,7 @@ class StaticTreeDecoder(StaticRecycleDecoder):
     def prepare_draft_shape(self, settings: Any, device: torch.device) -> None:
         check_tree_decoding(settings.mode, settings.do_sample)
         # Slots and output columns are sized by `num_draft_tokens`, the tree's node count: one slot per node.
-        self.tree: DraftTree = settings.draft_tree
+        self.tree: DraftShape = settings.draft_shape
         self.tables = self.tree.tables(device)
         self.draft_depth = self.tree.depth
 

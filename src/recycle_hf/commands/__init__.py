@@ -8,7 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..checkpoint_code.draft_length_recyclegpt import check_fixed_draft_counts, check_num_draft_tokens
+from ..checkpoint_code.draft_length_recyclegpt import fixed_draft_shapes
+from ..checkpoint_code.draft_shape_recyclegpt import DraftShape, draft_request_from_text
 
 
 def bounded(
@@ -43,44 +44,29 @@ non_negative_float = bounded(float, 0)
 fraction = bounded(float, 0, 1)
 
 
-def num_draft_tokens_option(text: str) -> Any:
-    """`--num-draft-tokens`: "auto", an integer, or a draft tree in JSON ('[[0], [1], [0, 0]]'), checked as
-    `generate` checks `num_draft_tokens`."""
-    value: Any = text
-    if text.strip().startswith("["):
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"a draft tree must be JSON such as '[[0], [1], [0, 0]]', got {text!r}"
-            ) from None
-    elif text != "auto":
-        try:
-            value = int(text)
-        except ValueError:
-            value = text
+def num_draft_tokens_option(text: str) -> DraftShape | str:
+    """`--num-draft-tokens`: "auto", an integer, or a draft tree in JSON ('[[0], [1], [0, 0]]'), built as `generate`
+    builds `num_draft_tokens` (`draft_request`)."""
     try:
-        check_num_draft_tokens(value)
+        return draft_request_from_text(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error).rstrip(".")) from None
-    return value
 
 
-def num_draft_tokens_list(text: str) -> tuple[int, ...]:
-    """`--num-draft-tokens 1,2,3` of the benchmarks: integers, each checked as `generate` checks one."""
+def num_draft_tokens_list(text: str) -> tuple[DraftShape, ...]:
+    """`--num-draft-tokens 1,2,3` of the benchmarks: chains, each built as `generate` builds one, no "auto"."""
     values = tuple(num_draft_tokens_option(part.strip()) for part in text.split(",") if part.strip())
     try:
-        check_fixed_draft_counts(values)
+        return fixed_draft_shapes(values)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error).rstrip(".")) from None
-    return values
 
 
 def _is_list_of_lists(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, list) for item in value)
 
 
-def draft_trees_option(text: str) -> tuple[Any, ...]:
+def draft_trees_option(text: str) -> tuple[DraftShape, ...]:
     """`--draft-trees` of the benchmarks: a JSON list of trees, e.g. '[[[0], [1], [0, 0]], [[0], [1]]]'."""
     try:
         trees = json.loads(text)
@@ -89,9 +75,10 @@ def draft_trees_option(text: str) -> tuple[Any, ...]:
     if not isinstance(trees, list) or not trees or not all(_is_list_of_lists(tree) for tree in trees):
         raise argparse.ArgumentTypeError(f"expected a JSON list of draft trees such as '[[[0], [1], [0, 0]]]', got "
                                          f"{text!r}")
-    for tree in trees:
-        num_draft_tokens_option(json.dumps(tree))
-    return tuple(trees)
+    try:
+        return tuple(DraftShape.of(tree) for tree in trees)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).rstrip(".")) from None
 
 
 def option_values(args: argparse.Namespace, *names: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from lm_eval.models.utils import resolve_max_length
 
 from ..bench.quality import alternating_schedule_mask
 from ..checkpoint_code.configuration_recyclegpt import RecycleGPTConfig
-from ..checkpoint_code.draft_length_recyclegpt import check_num_draft_tokens
+from ..checkpoint_code.draft_shape_recyclegpt import DraftShape, draft_request, draft_request_from_text
 from ..checkpoint_code.modeling_recyclegpt import RecycleGPTForCausalLM
 from ..defaults import default_base_folder
 from ..errors import InputNotFoundError, InvalidInputError
@@ -87,7 +87,8 @@ class RecycleGPTLM(HFLM):
             and a recycle adapter (folder or hub id) saved with `save_adapter`. `base=default` is the embedded
             SmolLM2-135M-Instruct, whose adapter defaults to the shipped one.
         mode: "std" (default), "rec" or "verify".
-        num_draft_tokens: drafts per base forward in verify mode, "auto" or 0 to 16 (default: the model's).
+        num_draft_tokens: drafts per base forward in verify mode, "auto", 0 to 16 or a draft tree (as `generate`
+            takes it, or as text: lm-eval passes model arguments as strings; default: the model's).
         Everything else is HFLM's (`dtype`, `batch_size`, `max_length`, `device`, `trust_remote_code`, ...).
     """
 
@@ -97,7 +98,7 @@ class RecycleGPTLM(HFLM):
         base: str | None = None,
         adapter: str | None = None,
         mode: str = "std",
-        num_draft_tokens: int | str | None = None,
+        num_draft_tokens: int | str | list[list[int]] | DraftShape | None = None,
         **kwargs: Any,
     ) -> None:
         if mode not in EVAL_MODES:
@@ -105,10 +106,10 @@ class RecycleGPTLM(HFLM):
         if kwargs.get("backend", "causal") not in ("causal", "default"):
             raise InvalidInputError("RecycleGPT models are decoder-only: leave out backend= or pass backend=causal.")
         kwargs["backend"] = "causal"
-        if num_draft_tokens is not None:
-            check_num_draft_tokens(num_draft_tokens)
+        if isinstance(num_draft_tokens, str):
+            num_draft_tokens = draft_request_from_text(num_draft_tokens)
         self.mode = mode
-        self.num_draft_tokens = num_draft_tokens
+        self.num_draft_tokens = None if num_draft_tokens is None else draft_request(num_draft_tokens)
         self.adapter = _check_model_source(pretrained, base, adapter)
         if base == DEFAULT_BASE:
             base = str(default_base_folder())

@@ -21,7 +21,6 @@ Importing this module needs vLLM; `register()` does not import vLLM's model code
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import torch
@@ -148,7 +147,6 @@ class EagleRecycleForCausalLM(nn.Module):
             raise NotImplementedError("The recycle drafter reads token ids, not input embeddings (multimodal "
                                       "targets are not supported).")
         states = self.model(input_ids, positions, hidden_states)
-        _trace("forward", input_ids=input_ids, positions=positions, hidden_states=hidden_states, states=states)
         return states, states
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
@@ -157,7 +155,6 @@ class EagleRecycleForCausalLM(nn.Module):
             return None
         if self.has_draft_vocabulary:  # drafting picks among it only, as the module does in generate
             logits = logits.masked_fill(~self.draft_vocabulary[: logits.shape[-1]], float("-inf"))
-        _trace("logits", hidden_states=hidden_states, logits=logits)
         return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
@@ -186,23 +183,6 @@ class EagleRecycleForCausalLM(nn.Module):
                 getattr(parameter, "weight_loader", default_weight_loader)(parameter, tensor)
                 loaded.add("model." + name)
         return loaded
-
-
-# Read once: vLLM's engine process imports this module with its environment already set.
-_TRACE_FOLDER = os.environ.get("RECYCLE_HF_VLLM_TRACE")
-_trace_count = 0
-
-
-def _trace(kind: str, **tensors: torch.Tensor) -> None:
-    """With RECYCLE_HF_VLLM_TRACE=FOLDER, each drafter call's inputs and outputs go to a file of their own there
-    (tests compare them with RecycleModule on the same inputs); written at once, since vLLM's engine process may be
-    ended by a signal."""
-    if not _TRACE_FOLDER:
-        return
-    global _trace_count
-    _trace_count += 1
-    record = {name: value.detach().cpu().clone() for name, value in tensors.items()}
-    torch.save(record, os.path.join(_TRACE_FOLDER, f"{os.getpid()}-{_trace_count:06d}-{kind}.pt"))
 
 
 __all__ = ["ARCHITECTURE", "SUPPORTED_FAMILIES", "EagleRecycleForCausalLM", "RecycleDraftModel", "register"]

@@ -1,11 +1,16 @@
 # Copyright 2026 The recycle-hf team. Licensed under the Apache License, Version 2.0.
-"""Draft trees: their form, their checks, the tables a tree step indexes with, and the best tree for a node budget.
+"""Draft shapes: `DraftShape`, the one value for "a chain of k drafts or a tree", its checks, the tables a tree step
+indexes with, and the best tree for a node budget.
 
-A tree is given as its list of paths, the form of Medusa's `medusa_choices`, EAGLE's `tree_choices` and vLLM's
-`speculative_token_tree`: each path is the ranks of the module's candidates from the root down to one node, so
-`[[0], [1], [0, 0]]` drafts the module's first and second choice for the next token and, after the first, its
-first choice for the token after it. Every prefix of a path must be a path too. A chain of k drafts is
-`[[0], [0, 0], ..., [0] * k]`, and an integer `num_draft_tokens=k` means exactly that chain.
+A shape is built once, where a value enters (`generate`'s `num_draft_tokens`, every CLI option, the lm-eval model,
+the file of `auto`'s choices, a benchmark's records), by `DraftShape.of` or `DraftShape.parse`; settings,
+calibration and the step carry it as it is. It is frozen and hashable (benchmarks key their records by it).
+
+A user gives a shape as a count k (a chain of k drafts, 0 meaning plain decoding) or as a tree's list of paths, the
+form of Medusa's `medusa_choices`, EAGLE's `tree_choices` and vLLM's `speculative_token_tree`: each path is the ranks
+of the module's candidates from the root down to one node, so `[[0], [1], [0, 0]]` drafts the module's first and
+second choice for the next token and, after the first, its first choice for the token after it. Every prefix of a
+path must be a path too. A chain of k drafts is `[[0], [0, 0], ..., [0] * k]`, and a tree of that form is the chain.
 
 The tree step (`tree_generation_recyclegpt.py`) lays the nodes out level by level (depth 1 first), and within a
 level puts the nodes that have children first, so that each level's module forward covers contiguous slots.
@@ -21,6 +26,7 @@ This file is remote code: a checkpoint folder carries it, so it imports only tor
 from __future__ import annotations
 
 import heapq
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +34,8 @@ from typing import Any
 import torch
 
 
+# More drafts than this in a chain never pay: acceptance falls with depth, and every draft costs a module forward.
+MAX_NUM_DRAFT_TOKENS = 16
 # A tree step verifies every node in one base forward: beyond this many the forward costs more than it can gain.
 MAX_TREE_NODES = 64
 # Candidates the module offers per node (its top-r).
@@ -50,11 +58,13 @@ class TreeLevel:
 
 
 @dataclass(frozen=True)
-class DraftTree:
-    """A draft tree in the step's node order: `paths[i]` is node i's path of ranks."""
+class DraftShape:
+    """A chain of k drafts or a tree, in the step's node order: `paths[i]` is node i's path of ranks (a chain's
+    paths are (0,), (0, 0), ...; no paths: plain decoding). Build it with `of`, `parse`, `chain` or `from_paths`:
+    they check the value and order the nodes, so that equal shapes are equal objects."""
 
     paths: tuple[tuple[int, ...], ...]
-    levels: tuple[TreeLevel, ...] = field(init=False)
+    levels: tuple[TreeLevel, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         index = {path: i for i, path in enumerate(self.paths)}
@@ -75,36 +85,70 @@ class DraftTree:
         object.__setattr__(self, "levels", tuple(levels))
 
     @classmethod
-    def chain(cls, num_drafts: int) -> "DraftTree":
+    def chain(cls, num_drafts: int) -> "DraftShape":
+        """k drafts, each the module's first choice after the one before (0: no drafts, plain decoding)."""
+        if type(num_drafts) is not int or not 0 <= num_drafts <= MAX_NUM_DRAFT_TOKENS:
+            raise ValueError(f"num_draft_tokens must be 'auto' or an integer from 0 (plain decoding) to "
+                             f"{MAX_NUM_DRAFT_TOKENS} (or a draft tree such as [[0], [1], [0, 0]]), "
+                             f"got {num_drafts!r}.")
         return cls(tuple((0,) * depth for depth in range(1, num_drafts + 1)))
 
     @classmethod
-    def from_paths(cls, paths: Sequence[Sequence[int]]) -> "DraftTree":
-        """The tree of these paths in the step's node order (checked: see `check_tree_paths`)."""
+    def from_paths(cls, paths: Sequence[Sequence[int]]) -> "DraftShape":
+        """The shape of these paths in the step's node order (checked: see `check_tree_paths`)."""
         checked = check_tree_paths(paths)
         has_children = {path[:-1] for path in checked}
         ordered = sorted(checked, key=lambda path: (len(path), path not in has_children, path))
         return cls(tuple(ordered))
 
+    @classmethod
+    def of(cls, value: "int | Sequence[Sequence[int]] | DraftShape") -> "DraftShape":
+        """The shape a user's value means: a count (a chain), a list of paths (a tree; one of a chain's form is the
+        chain) or a shape; else a `ValueError` that says what is expected."""
+        if isinstance(value, DraftShape):
+            return value
+        if isinstance(value, (list, tuple)):
+            return cls.from_paths(value)
+        return cls.chain(value)
+
+    @classmethod
+    def parse(cls, text: str) -> "DraftShape":
+        """The shape written as text (a command line, an lm-eval model argument): "3" or "[[0], [1], [0, 0]]"."""
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            if text.strip().startswith("["):
+                raise ValueError(f"a draft tree must be JSON such as '[[0], [1], [0, 0]]', got {text!r}.") from None
+            value = text  # refused by `chain`, with the values it takes
+        return cls.of(value)
+
     @property
     def num_nodes(self) -> int:
+        """Drafts per step: one slot per node (a chain's k)."""
         return len(self.paths)
 
     @property
     def depth(self) -> int:
-        return max(len(path) for path in self.paths)
+        return max((len(path) for path in self.paths), default=0)
 
     @property
     def is_chain(self) -> bool:
         return all(set(path) == {0} for path in self.paths) and self.num_nodes == self.depth
 
+    @property
+    def setting(self) -> "int | list[list[int]]":
+        """The value as a user writes it and JSON keeps it: k for a chain, the list of paths (by depth, then rank)
+        for a tree. `DraftShape.of(shape.setting) == shape`."""
+        if self.is_chain:
+            return self.num_nodes
+        return [list(path) for path in sorted(self.paths, key=lambda path: (len(path), path))]
+
+    def __str__(self) -> str:
+        return json.dumps(self.setting)
+
     def has_children(self, node: int) -> bool:
         path = self.paths[node]
         return any(len(other) == len(path) + 1 and other[:-1] == path for other in self.paths)
-
-    def as_lists(self) -> list[list[int]]:
-        """The JSON form (as a user writes it), paths sorted by depth then rank."""
-        return [list(path) for path in sorted(self.paths, key=lambda path: (len(path), path))]
 
     def expected_tokens(self, acceptance_by_rank: Sequence[Sequence[float]]) -> float:
         """Tokens a row gains per step: 1 + the sum over nodes of the product of p[d][r] along the node's path."""
@@ -112,6 +156,23 @@ class DraftTree:
 
     def tables(self, device: torch.device) -> "TreeTables":
         return TreeTables.build(self, device)
+
+
+AUTO = "auto"
+
+
+def draft_request(value: Any) -> "DraftShape | str":
+    """What a `num_draft_tokens` value asks for, checked once where it enters: `AUTO` ("auto": measure the fastest
+    shape) or a `DraftShape`."""
+    if isinstance(value, str) and value == AUTO:
+        return AUTO
+    return DraftShape.of(value)
+
+
+def draft_request_from_text(text: str) -> "DraftShape | str":
+    """`draft_request` of a value written as text (a command line, an lm-eval model argument): "auto", "3" or
+    "[[0], [1], [0, 0]]"."""
+    return AUTO if text.strip() == AUTO else DraftShape.parse(text)
 
 
 @dataclass
@@ -127,7 +188,7 @@ class TreeTables:
     rank_of: list[torch.Tensor]  # per level [width]
 
     @classmethod
-    def build(cls, tree: DraftTree, device: torch.device) -> "TreeTables":
+    def build(cls, tree: DraftShape, device: torch.device) -> "TreeTables":
         index = {path: i for i, path in enumerate(tree.paths)}
         num_queries = tree.num_nodes + 1
         ancestry = torch.eye(num_queries, dtype=torch.bool)
@@ -182,11 +243,6 @@ def check_tree_decoding(mode: str | None, do_sample: bool) -> None:
                          "do_sample=True pass an integer num_draft_tokens (a chain) or 'auto'.")
 
 
-def is_tree_spec(value: Any) -> bool:
-    """Whether `num_draft_tokens` was given as a tree (a list of paths) rather than "auto" or a count."""
-    return isinstance(value, (list, tuple))
-
-
 def path_probability(path: Sequence[int], acceptance_by_rank: Sequence[Sequence[float]]) -> float:
     """The chance that the node at `path` is accepted: the product of p[d][r] along it (0 past what was measured)."""
     probability = 1.0
@@ -197,7 +253,7 @@ def path_probability(path: Sequence[int], acceptance_by_rank: Sequence[Sequence[
     return probability
 
 
-def best_draft_tree(acceptance_by_rank: Sequence[Sequence[float]], num_nodes: int) -> DraftTree | None:
+def best_draft_tree(acceptance_by_rank: Sequence[Sequence[float]], num_nodes: int) -> DraftShape | None:
     """The tree of `num_nodes` nodes with the most expected tokens per step, or None when fewer nodes have any chance.
 
     Greedy over a frontier: the n nodes of largest path probability (ties: shallower, then lower ranks first)."""
@@ -216,38 +272,30 @@ def best_draft_tree(acceptance_by_rank: Sequence[Sequence[float]], num_nodes: in
                 heapq.heappush(frontier, (-path_probability(child, acceptance_by_rank), len(child), child))
     if len(chosen) < num_nodes:
         return None
-    return DraftTree.from_paths(chosen)
+    return DraftShape.from_paths(chosen)
 
 
-def spine_tree(depth: int, width: int) -> DraftTree:
+def spine_tree(depth: int, width: int) -> DraftShape:
     """The calibration's tree: `width` candidates at each depth below the module's first choices. Its accepted paths
     measure p[d][r] for every d < depth, r < width."""
-    return DraftTree.from_paths([(0,) * level + (rank,) for level in range(depth) for rank in range(width)])
+    return DraftShape.from_paths([(0,) * level + (rank,) for level in range(depth) for rank in range(width)])
 
-
-
-
-def split_draft_setting(num_draft_tokens: Any) -> tuple[Any, DraftTree | None]:
-    """(draft count, tree) of a checked `num_draft_tokens`: a tree that is a chain becomes its count (None tree), a
-    count or "auto" stays as it is."""
-    if not is_tree_spec(num_draft_tokens):
-        return num_draft_tokens, None
-    tree = DraftTree.from_paths(num_draft_tokens)
-    return tree.num_nodes, (None if tree.is_chain else tree)
 
 
 __all__ = [
+    "AUTO",
+    "MAX_NUM_DRAFT_TOKENS",
     "MAX_TREE_DEPTH",
     "MAX_TREE_NODES",
     "MAX_TREE_RANK",
-    "DraftTree",
+    "DraftShape",
     "TreeLevel",
     "TreeTables",
     "best_draft_tree",
     "check_tree_decoding",
     "check_tree_paths",
-    "is_tree_spec",
+    "draft_request",
+    "draft_request_from_text",
     "path_probability",
     "spine_tree",
-    "split_draft_setting",
 ]

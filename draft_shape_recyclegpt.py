@@ -1,0 +1,1 @@
+src/recycle_hf/checkpoint_code/draft_shape_recyclegpt.py

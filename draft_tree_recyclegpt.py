@@ -1,1 +1,0 @@
-src/recycle_hf/checkpoint_code/draft_tree_recyclegpt.py
