@@ -1,7 +1,8 @@
 """Where a fast-path step's time goes, per CPU kind: one eager step (and, with --compiled, one compiled step) of a
 chain profiled at each batch size, broken down by phase (module drafting, base forward, LM head and acceptance,
 commit and module catch-up) and, inside the base forward over k + 1 tokens and over 1 token, by kind of op (linear,
-attention, norms and the rest). What no op accounts for is Python dispatch and bookkeeping.
+attention, norms and the rest). What no op accounts for is Python dispatch and bookkeeping. Each step's ops of most
+self time are listed too (compiled: inductor's kernels by name).
 
 python benchmarks/step_profile.py --base default --threads 2 --batch-sizes 1,4 --num-draft-tokens 1,2 \
     --output benchmarks/results/intel-step-profile/step_profile.json
@@ -17,12 +18,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from recycle_hf.bench.prompts import encode_chat_prompts, prompt_texts
 from recycle_hf.checkpoint_code.draft_length_recyclegpt import calibration_decoder
 from recycle_hf.checkpoint_code.draft_shape_recyclegpt import DraftShape
 from recycle_hf.checkpoint_code.few_row_products_recyclegpt import describe_machine, few_row_products
+from recycle_hf.checkpoint_code.generation_recyclegpt import CPU_INDUCTOR_OPTIONS
 from recycle_hf.loading import load_recycle_model
 
 
@@ -48,6 +51,13 @@ def _self_ms(events, predicate=lambda event: True) -> dict[str, float]:
         kind = op_kind(event.key)
         kinds[kind] = kinds.get(kind, 0.0) + event.self_cpu_time_total / 1e3
     return kinds
+
+
+def _top_ops(events, count: int = 12) -> dict[str, float]:
+    """The ops (and, compiled, inductor's kernels) of most self time, ms."""
+    ops = sorted(((event.key, event.self_cpu_time_total / 1e3) for event in events
+                  if not event.key.startswith("phase:")), key=lambda item: -item[1])
+    return {name: round(ms, 3) for name, ms in ops[:count]}
 
 
 @contextlib.contextmanager
@@ -86,7 +96,9 @@ def profile_chain(model, batch, num_drafts: int, compiled: bool) -> dict:
         decoder = calibration_decoder(model, batch.input_ids, batch.attention_mask, tree)
         output = decoder.prefill()
         state = output.state
-        step = torch.compile(decoder.step, fullgraph=True) if compiled else decoder.step
+        # Compiled as `generate` compiles the step on the CPU (with inductor's C++ wrapper).
+        step = (torch.compile(decoder.step, fullgraph=True, dynamic=False, options=dict(CPU_INDUCTOR_OPTIONS))
+                if compiled else decoder.step)
         for _ in range(2):
             step(state)  # warm-up (compiles when asked)
         step_ms = wall_ms(lambda: step(state))
@@ -94,7 +106,12 @@ def profile_chain(model, batch, num_drafts: int, compiled: bool) -> dict:
         forward_ms = {n: wall_ms(lambda n=n: decoder.base_states(tokens[n], state.base_lengths)) for n in tokens}
         result = dict(num_drafts=num_drafts, batch_size=batch.batch_size, compiled=compiled, step_ms=step_ms,
                       base_forward_ms={str(n): ms for n, ms in forward_ms.items()})
-        if compiled:
+        if compiled:  # inductor's own kernels show under their names (`enable_kernel_profile`, set in `main`)
+            with profile(activities=[ProfilerActivity.CPU]) as profiled:
+                started = time.perf_counter()
+                step(state)
+                profiled_ms = (time.perf_counter() - started) * 1e3
+            result.update(profiled_step_ms=profiled_ms, top_ops_ms=_top_ops(profiled.key_averages()))
             return result
         with labelled_phases(decoder), profile(activities=[ProfilerActivity.CPU]) as profiled:
             started = time.perf_counter()
@@ -109,7 +126,7 @@ def profile_chain(model, batch, num_drafts: int, compiled: bool) -> dict:
             with profile(activities=[ProfilerActivity.CPU]) as profiled_forward:
                 decoder.base_states(tokens[n], state.base_lengths)
             base_ops[str(n)] = _self_ms(profiled_forward.key_averages())
-        result.update(profiled_step_ms=profiled_ms, phases_ms=phases, ops_ms=op_ms,
+        result.update(profiled_step_ms=profiled_ms, phases_ms=phases, ops_ms=op_ms, top_ops_ms=_top_ops(events),
                       dispatch_and_bookkeeping_ms=profiled_ms - op_ms, base_forward_ops_ms=base_ops)
         return result
 
@@ -126,6 +143,8 @@ def main() -> None:
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compiled:
+        inductor_config.cpp.enable_kernel_profile = True
     model, tokenizer = load_recycle_model(base=args.base, adapter=args.adapter)
     texts, _ = prompt_texts(args.prompts_file)
     results = []

@@ -1,6 +1,8 @@
 """The static fast path: token for token equal to the reference loop and to plain `generate`, one compiled graph,
 automatic fallback, and `num_draft_tokens="auto"`."""
 
+import math
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
@@ -275,9 +277,13 @@ def test_auto_draft_length_measures_acceptance_and_is_kept(agrees, monkeypatch, 
     assert output.recycle_stats["num_draft_tokens_source"].startswith("auto, ")
     if agrees:
         assert measurement.acceptance == [1.0] * MAX_AUTO_DRAFT_TOKENS
-        # Every draft pays: a longer chain than k=1 wins beyond the noise; how long is the timings' call.
-        assert decision.decided and output.recycle_stats["num_draft_tokens"] >= 2
-        assert output.recycle_stats["tokens_per_base_forward"] > 2.5  # 8 tokens in 3 base forwards at k >= 2
+        # Every draft is accepted, so the counts follow from the chosen shape alone. Which shape the timings choose
+        # is not asserted here (it moves with the machine's load): the rule is tested with injected timings in
+        # test_auto_decision.py.
+        k = measurement.choice.num_nodes
+        assert measurement.choice == DraftShape.chain(k) and output.recycle_stats["num_draft_tokens"] == k
+        forwards = 1 + math.ceil(7 / (k + 1)) if k else 8  # the prefill's token, then k + 1 tokens a step
+        assert output.recycle_stats["tokens_per_base_forward"] == pytest.approx(8 / forwards)
     else:
         # Nothing is ever accepted: a step yields one token, so only a step cheaper than a plain token (possible on
         # a tiny model, where `generate`'s own overhead dominates) may be chosen over plain decoding.

@@ -48,6 +48,8 @@ RECYCLE_MODES = (None, "alternate", "verify")
 # The best shape depends on the machine, the batch size and the module (docs/BENCHMARKS.md has the measurements): so
 # "auto" measures it once per model, device and batch size (draft_length_recyclegpt.py).
 DEFAULT_NUM_DRAFT_TOKENS = AUTO
+# Inductor options of the compiled step on the CPU (see `_compile_options`).
+CPU_INDUCTOR_OPTIONS = {"cpp_wrapper": True}
 # `generate` options that recycle modes cannot honour; each is refused with the reason, never silently ignored.
 _UNSUPPORTED_IN_RECYCLE_MODES = {
     "num_beams": "beam search",
@@ -361,7 +363,11 @@ def _compiles_like_transformers(
 
 def _compile_options(compile_config: CompileConfig | None, device: torch.device) -> dict[str, Any]:
     """`torch.compile` arguments for the fast path's step: the user's backend, mode and options, one whole graph of
-    static shapes (the step is written for that). CUDA graphs ("reduce-overhead") only where there is CUDA."""
+    static shapes (the step is written for that). CUDA graphs ("reduce-overhead") only where there is CUDA.
+
+    On the CPU, inductor's graph is called through its C++ wrapper (`CPU_INDUCTOR_OPTIONS`) unless the user gives
+    options: a step calls some hundreds of kernels and products, and where no CUDA graph replays them the Python
+    wrapper's per-call cost is a sizeable part of the step. The kernels, and so the tokens, are the same."""
     config = compile_config or CompileConfig()
     mode = config.mode if device.type == "cuda" else None
     options = {"fullgraph": True, "dynamic": False, "backend": config.backend}
@@ -369,6 +375,8 @@ def _compile_options(compile_config: CompileConfig | None, device: torch.device)
         options["options"] = config.options
     elif mode is not None:
         options["mode"] = mode
+    elif device.type == "cpu" and config.backend == "inductor":
+        options["options"] = dict(CPU_INDUCTOR_OPTIONS)
     return options
 
 
